@@ -1,0 +1,75 @@
+"""Evaluation: the Sørensen–Dice overlap of label maps (the paper's accuracy measure, Table 1).
+
+For class c with voxel sets A (warped moving labels) and B (fixed labels):
+
+    Dice_c = 2 |A ∩ B| / (|A| + |B|).
+
+Two conventions for the mean over classes:
+
+* ``"foreground"`` (ours, the default): mean over the foreground classes 1..C−1; a class absent
+  from *both* maps has no defined Dice and is left out of the mean.
+* ``"paper"`` (the paper's code): mean over *all* classes including background, and a class
+  absent from both maps counts as 0. Background is large and easy, so this reads higher on
+  sparse foregrounds; results tables say which convention they use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+DICE_CONVENTIONS = ("foreground", "paper")
+
+
+def _check_labels(pred: Tensor, target: Tensor, num_classes: int) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"label maps must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if pred.dim() < 2:
+        raise ValueError(f"label maps must be batched (B, *spatial), got shape {tuple(pred.shape)}")
+    if pred.is_floating_point() or target.is_floating_point():
+        raise ValueError("label maps must be integer tensors (use warp(..., mode='nearest') for labels)")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
+    for name, x in (("pred", pred), ("target", target)):
+        if x.numel() and (x.min() < 0 or x.max() >= num_classes):
+            raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, found {x.min()}..{x.max()}")
+
+
+def dice_per_class(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Dice of every class, ``(B, num_classes)``; NaN where the class is absent from both maps.
+
+    ``pred``, ``target``: integer label maps ``(B, *spatial)`` (a channel axis of 1 is fine).
+    """
+    _check_labels(pred, target, num_classes)
+    pred, target = pred.flatten(1), target.flatten(1)  # (B, N)
+    classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1)
+    a = pred[:, None] == classes  # (B, C, N)
+    b = target[:, None] == classes
+    intersection = (a & b).sum(-1).double()
+    total = a.sum(-1).double() + b.sum(-1).double()
+    return torch.where(total > 0, 2 * intersection / total.clamp(min=1), torch.nan)
+
+
+def mean_dice(per_class: Tensor, convention: str = "foreground") -> Tensor:
+    """Mean Dice per batch element ``(B,)`` from ``dice_per_class`` output ``(B, C)``.
+
+    ``"foreground"``: nan-mean over classes 1..C−1; raises ValueError if a map pair has no
+    foreground class at all (empty labels). ``"paper"``: mean over all classes, NaN → 0.
+    """
+    if convention not in DICE_CONVENTIONS:
+        raise ValueError(f"unknown Dice convention {convention!r}; valid: {', '.join(DICE_CONVENTIONS)}")
+    if convention == "paper":
+        return per_class.nan_to_num(0.0).mean(1)
+    foreground = per_class[:, 1:]
+    empty = foreground.isnan().all(1)
+    if empty.any():
+        raise ValueError(
+            f"label maps {empty.nonzero().flatten().tolist()} of the batch have no foreground class "
+            "in either map (empty labels): the foreground Dice is undefined"
+        )
+    return foreground.nanmean(1)
+
+
+def dice(pred: Tensor, target: Tensor, num_classes: int, convention: str = "foreground") -> Tensor:
+    """Mean Dice per batch element, ``(B,)``: ``mean_dice(dice_per_class(...), convention)``."""
+    return mean_dice(dice_per_class(pred, target, num_classes), convention)
