@@ -23,16 +23,25 @@ DICE_CONVENTIONS = ("foreground", "paper")
 
 def _check_labels(pred: Tensor, target: Tensor, num_classes: int) -> None:
     if pred.shape != target.shape:
-        raise ValueError(f"label maps must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+        raise ValueError(
+            f"label maps must have the same shape, got {tuple(pred.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     if pred.dim() < 2:
         raise ValueError(f"label maps must be batched (B, *spatial), got shape {tuple(pred.shape)}")
     if pred.is_floating_point() or target.is_floating_point():
-        raise ValueError("label maps must be integer tensors (use warp(..., mode='nearest') for labels)")
+        raise ValueError(
+            "label maps must be integer tensors (use warp(..., mode='nearest') for labels)"
+        )
     if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2 (background + at least one class), got {num_classes}")
+        raise ValueError(
+            f"num_classes must be >= 2 (background + at least one class), got {num_classes}"
+        )
     for name, x in (("pred", pred), ("target", target)):
         if x.numel() and (x.min() < 0 or x.max() >= num_classes):
-            raise ValueError(f"{name} labels must lie in 0..{num_classes - 1}, found {x.min()}..{x.max()}")
+            raise ValueError(
+                f"{name} labels must lie in 0..{num_classes - 1}, found {x.min()}..{x.max()}"
+            )
 
 
 def dice_per_class(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -57,14 +66,17 @@ def mean_dice(per_class: Tensor, convention: str = "foreground") -> Tensor:
     foreground class at all (empty labels). ``"paper"``: mean over all classes, NaN → 0.
     """
     if convention not in DICE_CONVENTIONS:
-        raise ValueError(f"unknown Dice convention {convention!r}; valid: {', '.join(DICE_CONVENTIONS)}")
+        raise ValueError(
+            f"unknown Dice convention {convention!r}; valid: {', '.join(DICE_CONVENTIONS)}"
+        )
     if convention == "paper":
         return per_class.nan_to_num(0.0).mean(1)
     foreground = per_class[:, 1:]
     empty = foreground.isnan().all(1)
     if empty.any():
         raise ValueError(
-            f"label maps {empty.nonzero().flatten().tolist()} of the batch have no foreground class "
+            f"label maps {empty.nonzero().flatten().tolist()} of the batch have no foreground "
+            "class "
             "in either map (empty labels): the foreground Dice is undefined"
         )
     return foreground.nanmean(1)

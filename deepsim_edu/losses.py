@@ -28,11 +28,14 @@ def check_pair(warped: Tensor, fixed: Tensor) -> int:
     """Validate a (warped, fixed) pair: same shape, 2D/3D batched, finite. Returns ndim."""
     if warped.shape != fixed.shape:
         raise ValueError(
-            f"warped and fixed must have the same shape, got {tuple(warped.shape)} and {tuple(fixed.shape)}"
+            f"warped and fixed must have the same shape, got {tuple(warped.shape)} "
+            f"and {tuple(fixed.shape)}"
         )
     ndim = fixed.dim() - 2
     if ndim not in (2, 3):
-        raise ValueError(f"images must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(fixed.shape)}")
+        raise ValueError(
+            f"images must be (B, C, H, W) or (B, C, D, H, W), got shape {tuple(fixed.shape)}"
+        )
     for name, x in (("warped", warped), ("fixed", fixed)):
         if not torch.isfinite(x).all():
             raise ValueError(f"{name} image contains NaN or inf values")
@@ -70,7 +73,9 @@ def box_sum(x: Tensor, window: int) -> Tensor:
     return x
 
 
-def local_ncc(warped: Tensor, fixed: Tensor, window: int = 9, squared: bool = True, eps: float = 1e-6) -> Tensor:
+def local_ncc(
+    warped: Tensor, fixed: Tensor, window: int = 9, squared: bool = True, eps: float = 1e-6
+) -> Tensor:
     """Local normalised cross-correlation map, ``(B, C, *spatial)``, each value in [0, 1] (squared).
 
     For the window P(x) around voxel x, with n(x) = the number of its voxels inside the image
@@ -148,7 +153,9 @@ def diffusion_regulariser(displacement: Tensor) -> Tensor:
     """
     ndim = displacement.dim() - 2
     if ndim not in (2, 3) or displacement.shape[1] != ndim:
-        raise ValueError(f"displacement must be (B, ndim, *spatial), got shape {tuple(displacement.shape)}")
+        raise ValueError(
+            f"displacement must be (B, ndim, *spatial), got shape {tuple(displacement.shape)}"
+        )
     if not torch.isfinite(displacement).all():
         raise ValueError("displacement contains NaN or inf values")
     return sum(d.pow(2) for d in forward_differences(displacement)).mean() / ndim

@@ -36,7 +36,8 @@ def check_displacement(image: Tensor, displacement: Tensor) -> int:
     ndim = image.dim() - 2
     if ndim not in (2, 3):
         raise ValueError(
-            f"image must be (B, C, H, W) or (B, C, D, H, W), got {image.dim()} dims {tuple(image.shape)}"
+            f"image must be (B, C, H, W) or (B, C, D, H, W), got {image.dim()} dims "
+            f"{tuple(image.shape)}"
         )
     if displacement.dim() != image.dim():
         raise ValueError(
@@ -44,29 +45,39 @@ def check_displacement(image: Tensor, displacement: Tensor) -> int:
             f"got shape {tuple(displacement.shape)}"
         )
     if displacement.shape[1] != ndim:
-        raise ValueError(f"displacement must have {ndim} channels (one per axis), got {displacement.shape[1]}")
+        raise ValueError(
+            f"displacement must have {ndim} channels (one per axis), got {displacement.shape[1]}"
+        )
     if displacement.shape[2:] != image.shape[2:]:
         raise ValueError(
             f"displacement spatial shape {tuple(displacement.shape[2:])} != image spatial shape "
             f"{tuple(image.shape[2:])}"
         )
     if displacement.shape[0] not in (1, image.shape[0]):
-        raise ValueError(f"batch sizes differ: image {image.shape[0]}, displacement {displacement.shape[0]}")
+        raise ValueError(
+            f"batch sizes differ: image {image.shape[0]}, displacement {displacement.shape[0]}"
+        )
     return ndim
 
 
-def identity_grid(spatial_shape: tuple[int, ...] | torch.Size, like: Tensor | None = None) -> Tensor:
+def identity_grid(
+    spatial_shape: tuple[int, ...] | torch.Size, like: Tensor | None = None
+) -> Tensor:
     """Voxel coordinates of every voxel: ``grid[0, k, *x] = x_k``.
 
     Returns ``(1, ndim, *spatial)`` with the dtype and device of ``like`` (float32/CPU if None).
     """
-    kw = {"dtype": like.dtype, "device": like.device} if like is not None else {"dtype": torch.float32}
+    kw = (
+        {"dtype": like.dtype, "device": like.device}
+        if like is not None
+        else {"dtype": torch.float32}
+    )
     axes = [torch.arange(n, **kw) for n in spatial_shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
 
 
 def to_grid_sample_coords(coords: Tensor) -> Tensor:
-    """Turn voxel coordinates ``(B, ndim, *spatial)`` into a ``grid_sample`` grid ``(B, *spatial, ndim)``.
+    """Voxel coordinates ``(B, ndim, *spatial)`` -> a ``grid_sample`` grid ``(B, *spatial, ndim)``.
 
     ``F.grid_sample`` wants coordinates normalised to [-1, 1] (with ``align_corners=True``, -1 and
     1 are the centres of the first and last voxel: c -> 2 c / (size - 1) - 1) and stored *last*,
@@ -76,7 +87,9 @@ def to_grid_sample_coords(coords: Tensor) -> Tensor:
     """
     ndim = coords.shape[1]
     sizes = coords.shape[2:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in sizes], dtype=coords.dtype, device=coords.device)
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in sizes], dtype=coords.dtype, device=coords.device
+    )
     normalised = coords * scale.view(1, ndim, *[1] * ndim) - 1.0
     # (B, ndim, *spatial) -> (B, *spatial, ndim): channels last, as grid_sample wants
     grid = normalised.movedim(1, -1)
@@ -84,7 +97,9 @@ def to_grid_sample_coords(coords: Tensor) -> Tensor:
     return grid.flip(-1)
 
 
-def warp(image: Tensor, displacement: Tensor, mode: str = "linear", padding: str = "border") -> Tensor:
+def warp(
+    image: Tensor, displacement: Tensor, mode: str = "linear", padding: str = "border"
+) -> Tensor:
     """Warp ``image`` by Φ = id + u: ``warped(x) = image(x + u(x))``.
 
     Args:
@@ -104,14 +119,19 @@ def warp(image: Tensor, displacement: Tensor, mode: str = "linear", padding: str
     ndim = check_displacement(image, displacement)
     _check_finite("displacement", displacement)
     if mode == "linear" and not image.is_floating_point():
-        raise ValueError("linear warping needs a floating-point image; use mode='nearest' for labels")
+        raise ValueError(
+            "linear warping needs a floating-point image; use mode='nearest' for labels"
+        )
     source = image if image.is_floating_point() else image.to(displacement.dtype)
     coords = identity_grid(image.shape[2:], like=displacement) + displacement
     grid = to_grid_sample_coords(coords).expand(image.shape[0], *[-1] * (ndim + 1))
     # grid_sample calls trilinear interpolation "bilinear" in 3D too
     warped = F.grid_sample(
-        source, grid.to(source.dtype), mode="bilinear" if mode == "linear" else "nearest",
-        padding_mode=padding, align_corners=True,
+        source,
+        grid.to(source.dtype),
+        mode="bilinear" if mode == "linear" else "nearest",
+        padding_mode=padding,
+        align_corners=True,
     )
     return warped if image.is_floating_point() else warped.round().to(image.dtype)
 
@@ -124,7 +144,9 @@ def jacobian_matrix(displacement: Tensor) -> Tensor:
     """
     ndim = displacement.shape[1]
     if displacement.dim() != ndim + 2:
-        raise ValueError(f"displacement must be (B, ndim, *spatial), got shape {tuple(displacement.shape)}")
+        raise ValueError(
+            f"displacement must be (B, ndim, *spatial), got shape {tuple(displacement.shape)}"
+        )
     spatial_axes = tuple(range(2, ndim + 2))
     # du[j] = ∂u/∂x_j, each (B, ndim, *spatial)
     du = torch.gradient(displacement, dim=spatial_axes)

@@ -36,13 +36,19 @@ def _layers(ndim: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
     """(Conv, BatchNorm, channel Dropout) classes for 2D or 3D."""
     if ndim not in (2, 3):
         raise ValueError(f"ndim must be 2 or 3, got {ndim!r}")
-    return getattr(nn, f"Conv{ndim}d"), getattr(nn, f"BatchNorm{ndim}d"), getattr(nn, f"Dropout{ndim}d")
+    return (
+        getattr(nn, f"Conv{ndim}d"),
+        getattr(nn, f"BatchNorm{ndim}d"),
+        getattr(nn, f"Dropout{ndim}d"),
+    )
 
 
 class EncoderStage(nn.Sequential):
-    """BatchNorm → conv 4, stride 2 → LReLU → conv 3 → LReLU → dropout. Halves every spatial size."""
+    """BatchNorm → conv 4, stride 2 → LReLU → conv 3 → LReLU → dropout. Halves the size."""
 
-    def __init__(self, ndim: int, in_channels: int, out_channels: int, dropout: float, batchnorm: bool):
+    def __init__(
+        self, ndim: int, in_channels: int, out_channels: int, dropout: float, batchnorm: bool
+    ):
         Conv, BatchNorm, Dropout = _layers(ndim)
         layers: list[nn.Module] = [BatchNorm(in_channels)] if batchnorm else []
         layers += [
@@ -121,7 +127,7 @@ class UNet(nn.Module):
         # skip connections, coarse to fine: encoder outputs below the bottleneck, then the input
         skips = list(reversed([in_channels] + encoder_channels[:-1]))
         self.decoder = nn.ModuleList()
-        for channels, skip in zip(decoder_channels, skips):
+        for channels, skip in zip(decoder_channels, skips, strict=False):
             self.decoder.append(DecoderStage(ndim, previous, channels, dropout))
             previous = channels + skip
 
@@ -179,10 +185,12 @@ class UNet(nn.Module):
 
 
 def registration_unet(ndim: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw) -> UNet:
-    """The registration net: moving ⊕ fixed ``(B, 2, *spatial)`` → displacement ``(B, ndim, *spatial)``."""
+    """Registration net: moving ⊕ fixed ``(B, 2, *spatial)`` → u ``(B, ndim, *spatial)``."""
     return UNet(ndim, 2, ndim, encoder_channels, zero_init_output=True, **kw)
 
 
-def segmentation_unet(ndim: int, num_classes: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw) -> UNet:
+def segmentation_unet(
+    ndim: int, num_classes: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw
+) -> UNet:
     """The segmentation net (DeepSim's feature extractor): image ``(B, 1, *spatial)`` → logits."""
     return UNet(ndim, 1, num_classes, encoder_channels, **kw)

@@ -1,4 +1,4 @@
-"""transform.py against analytic truths: identity, integer shifts (= torch.roll), affine Jacobians."""
+"""transform.py against analytic truths: identity, integer shifts (= roll), affine Jacobians."""
 
 import pytest
 import torch
@@ -42,7 +42,9 @@ def test_integer_shift_equals_roll(ndim, shift):
         inside = tuple(inside)
         torch.testing.assert_close(warp(image, u)[inside], expected[inside], atol=1e-5, rtol=0)
         labels = (image * 5).long()
-        assert torch.equal(warp(labels, u, mode="nearest")[inside], torch.roll(labels, -shift, 2 + axis)[inside])
+        assert torch.equal(
+            warp(labels, u, mode="nearest")[inside], torch.roll(labels, -shift, 2 + axis)[inside]
+        )
 
 
 def test_half_voxel_shift_interpolates_linearly():

@@ -78,24 +78,36 @@ class DatasetInfo:
     def validate(self, where: str = "dataset.json") -> DatasetInfo:
         """Raise DatasetError naming ``where`` if any field is malformed."""
         check = _checker(where)
-        check(self.name in DATASET_NAMES,
-              f"unknown dataset name {self.name!r}; valid names: {', '.join(DATASET_NAMES)}")
+        check(
+            self.name in DATASET_NAMES,
+            f"unknown dataset name {self.name!r}; valid names: {', '.join(DATASET_NAMES)}",
+        )
         check(self.ndim in (2, 3), f"ndim must be 2 or 3, got {self.ndim!r}")
-        check(len(self.spacing) == self.ndim and all(s > 0 for s in self.spacing),
-              f"spacing must be {self.ndim} positive numbers, got {self.spacing!r}")
-        check(len(self.classes) >= 2, f"need at least 2 classes (incl. background), got {self.classes!r}")
+        check(
+            len(self.spacing) == self.ndim and all(s > 0 for s in self.spacing),
+            f"spacing must be {self.ndim} positive numbers, got {self.spacing!r}",
+        )
+        check(
+            len(self.classes) >= 2,
+            f"need at least 2 classes (incl. background), got {self.classes!r}",
+        )
         for split in SPLITS:
             check(split in self.splits, f"split {split!r} is missing")
             check(len(self.splits[split]) > 0, f"split {split!r} is empty")
         rule = self.pairing.get("rule")
         check(rule in PAIRING_RULES, f"pairing rule must be one of {PAIRING_RULES}, got {rule!r}")
         if rule == "atlas":
-            check(isinstance(self.pairing.get("atlas"), str), "pairing rule 'atlas' needs an 'atlas' case id")
+            check(
+                isinstance(self.pairing.get("atlas"), str),
+                "pairing rule 'atlas' needs an 'atlas' case id",
+            )
         else:
             check(int(self.pairing.get("max_offset", 0)) >= 1, "pairing 'max_offset' must be >= 1")
             for split in SPLITS:
-                check(len(self.splits[split]) >= 2,
-                      f"split {split!r} needs at least 2 sections/frames to form a neighbour pair")
+                check(
+                    len(self.splits[split]) >= 2,
+                    f"split {split!r} needs at least 2 sections/frames to form a neighbour pair",
+                )
         return self
 
     def cases(self) -> list[str]:
@@ -110,6 +122,7 @@ def _checker(where: str):
     def check(ok: bool, message: str) -> None:
         if not ok:
             raise DatasetError(f"{where}: {message}")
+
     return check
 
 
@@ -171,7 +184,9 @@ def write_case(
     image = np.asarray(image, dtype=np.float32)
     label = np.asarray(label)
     if image.shape != label.shape:
-        raise DatasetError(f"case {case_id!r}: image shape {image.shape} != label shape {label.shape}")
+        raise DatasetError(
+            f"case {case_id!r}: image shape {image.shape} != label shape {label.shape}"
+        )
     if not np.isfinite(image).all():
         raise DatasetError(f"case {case_id!r}: image has non-finite values")
     if label.min() < 0 or label.max() > 255:
@@ -197,8 +212,10 @@ def load_info(root: str | Path) -> DatasetInfo:
     if not Path(root).is_dir():
         raise DatasetError(f"{root}: not a dataset folder (it does not exist)")
     if not path.is_file():
-        raise DatasetError(f"{path}: missing; {root} is not in the dataset layout "
-                           "(python -m deepsim_edu data --dataset NAME makes one)")
+        raise DatasetError(
+            f"{path}: missing; {root} is not in the dataset layout "
+            "(python -m deepsim_edu data --dataset NAME makes one)"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -226,7 +243,9 @@ def read_nifti(path: str | Path, ndim: int) -> tuple[np.ndarray, tuple[float, ..
         img = nib.load(path)
         array = np.asarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for a broken file
-        raise DatasetError(f"{path}: corrupt or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
+        raise DatasetError(
+            f"{path}: corrupt or truncated NIfTI ({type(exc).__name__}: {exc})"
+        ) from exc
     while array.ndim > ndim and array.shape[-1] == 1:
         array = array[..., 0]
     spacing = tuple(float(z) for z in img.header.get_zooms()[:ndim])

@@ -23,7 +23,7 @@ def smooth_noise(shape: tuple[int, ...], sigma: float, rng: np.random.Generator)
 def random_displacement(
     shape: tuple[int, ...], sigma: float, magnitude: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """A smooth random displacement ``(ndim, *shape)``: per axis ``magnitude`` · smooth_noise(sigma).
+    """A smooth random displacement ``(ndim, *shape)``: per axis magnitude · smooth_noise(sigma).
 
     ``magnitude`` is the standard deviation of each component in voxels; ``sigma`` its
     correlation length. Keep ``magnitude`` well below ``sigma`` for a field that does not fold.
@@ -62,6 +62,8 @@ def invert_displacement(u: np.ndarray, iterations: int = 30) -> np.ndarray:
     return w.astype(np.float32)
 
 
-def bias_field(shape: tuple[int, ...], sigma: float, strength: float, rng: np.random.Generator) -> np.ndarray:
+def bias_field(
+    shape: tuple[int, ...], sigma: float, strength: float, rng: np.random.Generator
+) -> np.ndarray:
     """A smooth multiplicative intensity field exp(strength · smooth_noise), mean ≈ 1."""
     return np.exp(strength * smooth_noise(shape, sigma, rng)).astype(np.float32)

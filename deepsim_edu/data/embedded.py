@@ -1,0 +1,95 @@
+"""The embedded default datasets: generated offline from a seed, cached in a data folder.
+
+``ensure_embedded("platelet-em", "data")`` returns ``data/platelet-em``, generating it first if
+it is missing or was made with other parameters (recorded in ``generator.json`` beside
+``dataset.json``). The generators live in ``brain.py``, ``platelet.py`` and ``phc.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .layout import (
+    SPLITS,
+    DatasetError,
+    atomic_write_bytes,
+    check_dataset_name,
+    load_info,
+    read_case,
+)
+
+# dataset name -> (module, generator function)
+GENERATORS = {
+    "brain-mri": ("deepsim_edu.data.brain", "make_brain_mri"),
+    "platelet-em": ("deepsim_edu.data.platelet", "make_platelet_em"),
+    "phc-u373": ("deepsim_edu.data.phc", "make_phc_u373"),
+}
+
+
+def generator(name: str):
+    """The generator function of an embedded dataset, e.g. ``make_platelet_em``."""
+    module, function = GENERATORS[check_dataset_name(name)]
+    return getattr(importlib.import_module(module), function)
+
+
+def ensure_embedded(name: str, data_dir: str | Path = "data", seed: int = 0, **params) -> Path:
+    """Path of the embedded dataset ``name`` in ``data_dir``, generating it if needed.
+
+    ``params`` go to the generator (e.g. ``noise=0.0`` for the easy case). A folder made with
+    other ``seed``/``params`` is replaced; the swap happens only once generation has finished.
+    """
+    make = generator(name)
+    data_dir = Path(data_dir)
+    target = data_dir / name
+    request = {"dataset": name, "seed": seed, "params": params}
+    record = target / "generator.json"
+    if (target / "dataset.json").is_file() and record.is_file():
+        if json.loads(record.read_text()) == request:
+            return target
+    data_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{name}."))
+    try:
+        made = make(staging / name, seed=seed, **params)
+        atomic_write_bytes(Path(made) / "generator.json", (json.dumps(request) + "\n").encode())
+        if target.exists():
+            shutil.rmtree(target)
+        Path(made).rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def summarize(root: str | Path) -> list[str]:
+    """Validate every case of a dataset folder and return one summary line per split.
+
+    Raises DatasetError naming the file at fault (missing, corrupt, wrong shape or labels).
+    """
+    info = load_info(root)
+    lines = []
+    for split in SPLITS:
+        shapes, present, lo, hi = set(), set(), np.inf, -np.inf
+        for case in info.splits[split]:
+            image, label = read_case(root, info, case)
+            shapes.add(image.shape)
+            present.update(np.unique(label).tolist())
+            lo, hi = min(lo, float(image.min())), max(hi, float(image.max()))
+        shape = ", ".join(str(s) for s in sorted(shapes))
+        missing = [info.classes[c] for c in range(info.num_classes) if c not in present]
+        lines.append(
+            f"{info.name} {split:<5}: {len(info.splits[split]):3d} cases, shape {shape}, "
+            f"intensity {lo:.2f}..{hi:.2f}, classes present {len(present)}/{info.num_classes}"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+        )
+    if info.atlas is not None:
+        image, _ = read_case(root, info, info.atlas)
+        lines.append(f"{info.name} atlas: {info.atlas}, shape {image.shape}")
+    return lines
+
+
+__all__ = ["GENERATORS", "DatasetError", "ensure_embedded", "generator", "summarize"]

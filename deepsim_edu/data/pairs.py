@@ -1,0 +1,129 @@
+"""Which images are registered to which (the paper's pairing rules), as PyTorch datasets.
+
+* ``atlas`` rule (Brain-MRI): every subject is registered to one atlas — moving = subject,
+  fixed = atlas — in every split.
+* ``neighbours`` rule (Platelet-EM sections, PhC-U373 frames; each split is an ordered series):
+  for training, case i is paired with a random neighbour i ± k, 1 ≤ k ≤ ``max_offset`` (2 in
+  the paper), drawn anew every epoch from (seed, epoch); for validation and test the pairs are
+  the consecutive (i, i+1). Moving = i, fixed = its partner.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .layout import SPLITS, DatasetError, DatasetInfo, load_info, read_case
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+
+
+def evaluation_pairs(info: DatasetInfo, split: str) -> list[tuple[str, str]]:
+    """Fixed (moving, fixed) pairs of a split: subject → atlas, or consecutive (i, i+1)."""
+    _check_split(split)
+    cases = info.splits[split]
+    if info.atlas is not None:
+        return [(case, info.atlas) for case in cases]
+    return list(zip(cases[:-1], cases[1:], strict=False))
+
+
+def training_pairs(
+    info: DatasetInfo, split: str, epoch: int, seed: int = 0
+) -> list[tuple[str, str]]:
+    """Training pairs of one epoch: subject → atlas, or i → a random neighbour within ±max_offset.
+
+    The neighbour draw depends only on (seed, epoch), so a resumed run sees the same pairs.
+    """
+    _check_split(split)
+    cases = info.splits[split]
+    if info.atlas is not None:
+        return [(case, info.atlas) for case in cases]
+    rng = np.random.default_rng([seed, epoch])
+    max_offset = int(info.pairing.get("max_offset", 2))
+    pairs = []
+    for i, case in enumerate(cases):
+        partners = [
+            i + k for k in range(-max_offset, max_offset + 1) if k != 0 and 0 <= i + k < len(cases)
+        ]
+        pairs.append((case, cases[int(rng.choice(partners))]))
+    return pairs
+
+
+class CaseStore:
+    """Reads cases of one dataset folder once and keeps them in memory as tensors.
+
+    ``store[case] -> (image (1, *spatial) float32, label (1, *spatial) int64)``.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.info = load_info(self.root)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __getitem__(self, case: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if case not in self._cache:
+            image, label = read_case(self.root, self.info, case)
+            self._cache[case] = (torch.from_numpy(image)[None], torch.from_numpy(label)[None])
+        return self._cache[case]
+
+
+class PairDataset(Dataset):
+    """(moving, fixed) pairs of one split, following the dataset's pairing rule.
+
+    Items are dicts: ``moving``, ``fixed`` ``(1, *spatial)`` float32; ``moving_labels``,
+    ``fixed_labels`` ``(1, *spatial)`` int64; ``moving_id``, ``fixed_id`` strings.
+    With ``training=True`` the neighbour pairs are redrawn by ``set_epoch(epoch)``.
+    """
+
+    def __init__(
+        self, root: str | Path | CaseStore, split: str, training: bool = False, seed: int = 0
+    ):
+        self.store = root if isinstance(root, CaseStore) else CaseStore(root)
+        self.info, self.split, self.training, self.seed = self.store.info, split, training, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs = (
+            training_pairs(self.info, self.split, epoch, self.seed)
+            if self.training
+            else evaluation_pairs(self.info, self.split)
+        )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict:
+        moving_id, fixed_id = self.pairs[index]
+        moving, moving_labels = self.store[moving_id]
+        fixed, fixed_labels = self.store[fixed_id]
+        return {
+            "moving": moving,
+            "fixed": fixed,
+            "moving_labels": moving_labels,
+            "fixed_labels": fixed_labels,
+            "moving_id": moving_id,
+            "fixed_id": fixed_id,
+        }
+
+
+class CaseDataset(Dataset):
+    """Single images with their labels (for training the segmentation net): dicts with
+    ``image`` ``(1, *spatial)`` float32, ``labels`` ``(1, *spatial)`` int64, ``id``."""
+
+    def __init__(self, root: str | Path | CaseStore, split: str):
+        _check_split(split)
+        self.store = root if isinstance(root, CaseStore) else CaseStore(root)
+        self.cases = list(self.store.info.splits[split])
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        image, labels = self.store[self.cases[index]]
+        return {"image": image, "labels": labels, "id": self.cases[index]}

@@ -1,0 +1,73 @@
+"""Pair samplers: the paper's pairing rules."""
+
+import numpy as np
+import pytest
+
+from deepsim_edu.data.layout import DatasetError, DatasetInfo, write_case, write_dataset_json
+from deepsim_edu.data.pairs import CaseDataset, PairDataset, evaluation_pairs, training_pairs
+
+
+def series_info(n=10):
+    splits = {s: [f"{s}_{i:02d}" for i in range(n)] for s in ("train", "val", "test")}
+    return DatasetInfo(
+        name="phc-u373", ndim=2, spacing=[1, 1], classes=["background", "cell"], splits=splits
+    )
+
+
+def atlas_info():
+    splits = {"train": ["s0", "s1", "s2"], "val": ["s3"], "test": ["s4", "s5"]}
+    return DatasetInfo(
+        name="brain-mri",
+        ndim=3,
+        spacing=[2, 2, 2],
+        classes=["bg", "CSF", "GM", "WM"],
+        splits=splits,
+        pairing={"rule": "atlas", "atlas": "atlas"},
+    )
+
+
+def test_atlas_pairs_register_every_subject_to_the_atlas():
+    info = atlas_info()
+    assert evaluation_pairs(info, "test") == [("s4", "atlas"), ("s5", "atlas")]
+    assert training_pairs(info, "train", epoch=3) == [
+        ("s0", "atlas"),
+        ("s1", "atlas"),
+        ("s2", "atlas"),
+    ]
+
+
+def test_neighbour_pairs():
+    info = series_info()
+    assert evaluation_pairs(info, "val") == [(f"val_{i:02d}", f"val_{i + 1:02d}") for i in range(9)]
+    index = {c: i for i, c in enumerate(info.splits["train"])}
+    draws = [training_pairs(info, "train", epoch, seed=1) for epoch in range(30)]
+    offsets = {index[f] - index[m] for pairs in draws for m, f in pairs}
+    assert offsets == {-2, -1, 1, 2}  # every offset within ±2 occurs, never 0 or beyond
+    for pairs in draws:
+        assert [m for m, _ in pairs] == info.splits["train"]
+        assert all(0 <= index[f] < 10 for _, f in pairs)
+    assert draws[0] != draws[1]  # redrawn every epoch
+    assert training_pairs(info, "train", 5, seed=1) == draws[5]  # reproducible (resume)
+    assert training_pairs(info, "train", 5, seed=2) != draws[5]
+    with pytest.raises(DatasetError, match="unknown split 'dev'"):
+        evaluation_pairs(info, "dev")
+
+
+def test_pair_dataset_reads_tensors(tmp_path):
+    info = series_info(3)
+    rng = np.random.default_rng(0)
+    for cases in info.splits.values():
+        for case in cases:
+            write_case(tmp_path, case, rng.random((8, 8)), rng.integers(0, 2, (8, 8)), [1, 1])
+    write_dataset_json(tmp_path, info)
+    pairs = PairDataset(tmp_path, "test")
+    item = pairs[1]
+    assert len(pairs) == 2 and (item["moving_id"], item["fixed_id"]) == ("test_01", "test_02")
+    assert (
+        item["moving"].shape == (1, 8, 8) and item["fixed_labels"].dtype.is_floating_point is False
+    )
+    training = PairDataset(pairs.store, "train", training=True)
+    training.set_epoch(4)
+    assert training.pairs == training_pairs(info, "train", 4)
+    cases = CaseDataset(pairs.store, "val")
+    assert len(cases) == 3 and cases[0]["image"].shape == (1, 8, 8)
