@@ -1,0 +1,50 @@
+"""ensure_embedded: generate once, reuse while seed/params agree, swap atomically otherwise."""
+
+import sys
+import types
+
+import pytest
+
+from deepsim_edu.data import embedded
+from tests.test_layout import make_tiny_dataset
+
+
+@pytest.fixture
+def fake_generator(monkeypatch):
+    calls = []
+
+    def make_fake(out, seed=0, noise=1.0):
+        calls.append((seed, noise))
+        if noise < 0:
+            raise ValueError("noise must be >= 0")
+        make_tiny_dataset(out, name="phc-u373")
+        return out
+
+    module = types.ModuleType("fake_generators")
+    module.make_fake = make_fake
+    monkeypatch.setitem(sys.modules, "fake_generators", module)
+    monkeypatch.setitem(embedded.GENERATORS, "phc-u373", ("fake_generators", "make_fake"))
+    return calls
+
+
+def test_generates_once_and_reuses(tmp_path, fake_generator):
+    first = embedded.ensure_embedded("phc-u373", tmp_path, seed=3)
+    again = embedded.ensure_embedded("phc-u373", tmp_path, seed=3)
+    assert first == again == tmp_path / "phc-u373" and fake_generator == [(3, 1.0)]
+    embedded.ensure_embedded("phc-u373", tmp_path, seed=3, noise=0.0)  # other params: remake
+    assert fake_generator == [(3, 1.0), (3, 0.0)]
+    assert [p.name for p in tmp_path.iterdir()] == ["phc-u373"]  # no staging folders left
+    assert any("classes present 3/3" in line for line in embedded.summarize(first))
+
+
+def test_failed_generation_keeps_the_old_dataset(tmp_path, fake_generator):
+    embedded.ensure_embedded("phc-u373", tmp_path, seed=0)
+    with pytest.raises(ValueError, match="noise"):
+        embedded.ensure_embedded("phc-u373", tmp_path, seed=0, noise=-1.0)
+    assert (tmp_path / "phc-u373" / "dataset.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["phc-u373"]
+
+
+def test_unknown_dataset_name(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'lung'.*brain-mri"):
+        embedded.ensure_embedded("lung", tmp_path)
