@@ -129,6 +129,13 @@ def _checker(where: str):
 # ----------------------------------------------------------------------------- atomic writing
 
 
+def _make_readable(path: str | Path) -> None:
+    """Give a temporary file the permissions of an ordinary new file (mkstemp makes it 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     path = Path(path)
@@ -137,6 +144,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        _make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -161,6 +169,7 @@ def _save_nifti(path: Path, array: np.ndarray, spacing: list[float] | tuple[floa
     os.close(fd)
     try:
         nib.save(nib.Nifti1Image(array, affine), tmp)
+        _make_readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
