@@ -1,0 +1,186 @@
+"""Training loops, written out plainly: the segmentation net (DeepSim's feature extractor).
+
+Every run lives in one folder::
+
+    <out>/config.json     the config (presets in config.py)
+    <out>/log.csv         one row per epoch
+    <out>/checkpoint.pt   model + optimiser + progress, loadable with torch.load(weights_only=True)
+
+All three are written atomically (temporary file + rename) at the end of every epoch, so a
+killed run leaves the last finished epoch behind and ``resume=True`` continues from it. Each
+optimiser step seeds the random number generators from (seed, step): batch sampling,
+augmentation, noise and dropout are the same whether or not a run was interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .augment import AUGMENTATIONS, add_noise, augment_batch
+from .config import SegmentationConfig
+from .data.layout import atomic_write_bytes
+from .data.pairs import CaseStore
+from .evaluate import dice_per_class, mean_dice
+from .unet import UNet, segmentation_unet
+
+# ----------------------------------------------------------------------------- run files
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """``torch.save`` into memory, then an atomic write: never a half-written checkpoint."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint with ``weights_only=True``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle error, ...
+        raise ValueError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Write rows (dicts with the same keys) as CSV, atomically."""
+    text = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The RNG seed of optimiser step ``step`` of a run seeded with ``seed``."""
+    return (seed * 1_000_003 + step) % 2**63
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def sample_batch(store: CaseStore, cases: list[str], batch_size: int, generator: torch.Generator):
+    """A random batch (with replacement) of images ``(B, 1, *spatial)`` and labels."""
+    picks = torch.randint(len(cases), (batch_size,), generator=generator).tolist()
+    images, labels = zip(*(store[cases[i]] for i in picks))
+    return torch.stack(images), torch.stack(labels)
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: UNet, store: CaseStore, split: str, device: str) -> dict:
+    """Mean cross-entropy and mean foreground Dice of ``model`` over the cases of ``split``."""
+    model.eval()
+    losses, per_class = [], []
+    for case in store.info.splits[split]:
+        image, labels = store[case]
+        logits = model(image[None].to(device))
+        losses.append(F.cross_entropy(logits, labels.to(device)).item())
+        per_class.append(dice_per_class(logits.argmax(1).cpu(), labels, store.info.num_classes))
+    dice = mean_dice(torch.cat(per_class))
+    return {"val_loss": sum(losses) / len(losses), "val_dice": dice.mean().item()}
+
+
+def _check_resumable(checkpoint: dict, config: dict, out: Path) -> None:
+    if checkpoint.get("config") != config:
+        old, new = checkpoint.get("config", {}), config
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(
+            f"{out / 'checkpoint.pt'} was made with another config (differs in: "
+            f"{', '.join(differ)}); use another output folder or resume=False"
+        )
+
+
+def train_segmentation(
+    data: str | Path,
+    out: str | Path,
+    config: SegmentationConfig,
+    device: str = "cpu",
+    resume: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Train the segmentation U-Net on the training split of the dataset in ``data``.
+
+    Cross-entropy, Adam, one random affine per batch (the paper) plus noise augmentation
+    (``config.noise_sigma``, ours). After every epoch: validation loss and foreground Dice,
+    ``log.csv``, ``checkpoint.pt``. Returns the last log row. With ``resume=True`` an existing
+    checkpoint of the same config is continued (a finished run returns at once).
+    """
+    out = Path(out)
+    store = CaseStore(data)
+    info = store.info
+    if info.name != config.dataset:
+        raise ValueError(f"config is for dataset {config.dataset!r} but {data} holds {info.name!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    run_config = {
+        **config.to_dict(),
+        "kind": "segmentation",
+        "ndim": info.ndim,
+        "classes": info.classes,
+    }
+
+    torch.manual_seed(config.seed)
+    model = segmentation_unet(
+        info.ndim, info.num_classes, config.encoder_channels, dropout=config.dropout
+    )
+    model.to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    log: list[dict] = []
+    start_epoch = 0
+    if resume and (out / "checkpoint.pt").exists():
+        checkpoint = load_checkpoint(out / "checkpoint.pt", map_location=device)
+        _check_resumable(checkpoint, run_config, out)
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimizer"])
+        log, start_epoch = checkpoint["log"], checkpoint["epoch"]
+    write_json(out / "config.json", run_config)
+
+    augmentation = AUGMENTATIONS[config.augmentation]
+    cases = info.splits["train"]
+    total = config.epochs * config.steps_per_epoch
+    bar = tqdm(total=total, initial=start_epoch * config.steps_per_epoch, disable=not progress,
+               desc=f"segmentation {info.name}", unit="step")  # fmt: skip
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started, losses = time.perf_counter(), []
+        for step in range(epoch * config.steps_per_epoch, (epoch + 1) * config.steps_per_epoch):
+            torch.manual_seed(step_seed(config.seed, step))  # sampling, augmentation, dropout
+            generator = torch.Generator().manual_seed(step_seed(config.seed, step))
+            images, labels = sample_batch(store, cases, config.batch_size, generator)
+            (images,), (labels,) = augment_batch([images], [labels], augmentation, generator)
+            images = add_noise(images, config.noise_sigma, generator)
+            logits = model(images.to(device))
+            loss = F.cross_entropy(logits, labels[:, 0].to(device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+            bar.update()
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * config.steps_per_epoch,
+               "train_loss": sum(losses) / len(losses),
+               **evaluate_segmentation(model, store, "val", device),
+               "seconds": time.perf_counter() - started}  # fmt: skip
+        log.append(row)
+        bar.set_postfix(val_dice=f"{row['val_dice']:.3f}")
+        save_checkpoint(out / "checkpoint.pt", {
+            "model": model.state_dict(), "optimizer": optimiser.state_dict(),
+            "epoch": epoch + 1, "config": run_config, "log": log,
+        })  # fmt: skip
+        write_csv(out / "log.csv", log)
+    bar.close()
+    return log[-1] if log else {}
