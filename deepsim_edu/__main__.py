@@ -34,6 +34,31 @@ def _data(args: argparse.Namespace) -> None:
     print(f"dataset folder: {root}")
 
 
+def _train_seg(args: argparse.Namespace) -> None:
+    from .config import segmentation_config
+    from .data.embedded import resolve_dataset
+    from .train import train_segmentation
+
+    config = segmentation_config(args.dataset, args.preset, seed=args.seed)
+    root = resolve_dataset(args.dataset, args.data)
+    out = Path(args.out or f"results/{args.preset}") / args.dataset / "segmentation"
+    last = train_segmentation(root, out, config, device=args.device)
+    print(f"segmentation {args.dataset} ({args.preset}): epoch {last['epoch']}, "
+          f"validation foreground Dice {last['val_dice']:.3f}")  # fmt: skip
+    print(f"run folder: {out}")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--preset", default="quick", help="quick | default | paper")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--data", default=None,
+                        help="dataset folder (or a folder holding <dataset>/); default: the "
+                        "embedded dataset, generated in data/")  # fmt: skip
+    parser.add_argument("--out", default=None, help="results root (default results/<preset>)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m deepsim_edu",
@@ -72,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise level of the embedded generator (0 = the easy, clean case)",
     )
     data.set_defaults(run=_data)
+
+    seg = commands.add_parser("train-seg", help="train the segmentation net (DeepSim's extractor)")
+    _add_run_arguments(seg)
+    seg.set_defaults(run=_train_seg)
     return parser
 
 

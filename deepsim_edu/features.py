@@ -36,6 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .runs import load_checkpoint
 from .unet import UNet, segmentation_unet
 
 FeatureExtractor = Callable[[Tensor], list[Tensor]]
@@ -259,8 +260,6 @@ def load_segmentation_extractor(
         dataset, ndim: when given, the checkpoint must have been trained on this dataset and in
             this dimension (DeepSim's features are dataset-specific), else ValueError.
     """
-    from .train import load_checkpoint  # train imports this module's users; avoid a cycle
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(

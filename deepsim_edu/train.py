@@ -1,22 +1,14 @@
 """Training loops, written out plainly: the segmentation net (DeepSim's feature extractor).
 
-Every run lives in one folder::
-
-    <out>/config.json     the config (presets in config.py)
-    <out>/log.csv         one row per epoch
-    <out>/checkpoint.pt   model + optimiser + progress, loadable with torch.load(weights_only=True)
-
-All three are written atomically (temporary file + rename) at the end of every epoch, so a
-killed run leaves the last finished epoch behind and ``resume=True`` continues from it. Each
+Every run lives in one folder (``runs.py``): ``config.json``, ``log.csv`` (one row per epoch) and
+``checkpoint.pt``, all written atomically at the end of every epoch, so a killed run leaves the
+last finished epoch behind and ``resume=True`` continues from it. Each
 optimiser step seeds the random number generators from (seed, step): batch sampling,
 augmentation, noise and dropout are the same whether or not a run was interrupted.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from pathlib import Path
 
@@ -26,44 +18,10 @@ from tqdm.auto import tqdm
 
 from .augment import AUGMENTATIONS, add_noise, augment_batch
 from .config import SegmentationConfig
-from .data.layout import atomic_write_bytes
 from .data.pairs import CaseStore
 from .evaluate import dice_per_class, mean_dice
+from .runs import load_checkpoint, save_checkpoint, write_csv, write_json
 from .unet import UNet, segmentation_unet
-
-# ----------------------------------------------------------------------------- run files
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """``torch.save`` into memory, then an atomic write: never a half-written checkpoint."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, pickle error, ...
-        raise ValueError(f"{path}: corrupt checkpoint ({type(exc).__name__}: {exc})") from exc
-
-
-def write_json(path: str | Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def write_csv(path: str | Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys) as CSV, atomically."""
-    text = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def step_seed(seed: int, step: int) -> int:

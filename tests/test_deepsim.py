@@ -15,7 +15,7 @@ from deepsim_edu.losses import (
     get_loss,
     one_hot,
 )
-from deepsim_edu.train import save_checkpoint
+from deepsim_edu.runs import save_checkpoint
 from deepsim_edu.transform import warp
 from deepsim_edu.unet import segmentation_unet
 

@@ -6,7 +6,8 @@ import torch
 from deepsim_edu import train as train_module
 from deepsim_edu.config import segmentation_config
 from deepsim_edu.data.layout import DatasetInfo, write_case, write_dataset_json
-from deepsim_edu.train import load_checkpoint, train_segmentation
+from deepsim_edu.runs import load_checkpoint
+from deepsim_edu.train import train_segmentation
 
 
 @pytest.fixture(scope="module")

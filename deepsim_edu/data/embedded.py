@@ -65,6 +65,28 @@ def ensure_embedded(name: str, data_dir: str | Path = "data", seed: int = 0, **p
     return target
 
 
+def resolve_dataset(dataset: str, data: str | Path | None = None, seed: int = 0) -> Path:
+    """The folder of ``dataset``: embedded (generated in ``data/``) when ``data`` is None.
+
+    An explicit ``data`` must be a dataset folder of that name, or hold one as
+    ``data/<dataset>/``; anything else is an error, never a silent fallback to generated data.
+    """
+    check_dataset_name(dataset)
+    if data is None:
+        return ensure_embedded(dataset, "data", seed=seed)
+    data = Path(data)
+    for folder in (data, data / dataset):
+        if (folder / "dataset.json").is_file():
+            info = load_info(folder)
+            if info.name != dataset:
+                raise DatasetError(f"{folder} holds dataset {info.name!r}, not {dataset!r}")
+            return folder
+    raise DatasetError(
+        f"{data}: not in the dataset layout (no dataset.json in it or in {data / dataset}); "
+        f"make one with `python -m deepsim_edu data --dataset {dataset}` or data_scripts/"
+    )
+
+
 def summarize(root: str | Path) -> list[str]:
     """Validate every case of a dataset folder and return one summary line per split.
 
@@ -92,4 +114,6 @@ def summarize(root: str | Path) -> list[str]:
     return lines
 
 
-__all__ = ["GENERATORS", "DatasetError", "ensure_embedded", "generator", "summarize"]
+__all__ = [
+    "GENERATORS", "DatasetError", "ensure_embedded", "generator", "resolve_dataset", "summarize",
+]  # fmt: skip
