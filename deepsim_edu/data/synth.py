@@ -40,14 +40,20 @@ def warp_array(array: np.ndarray, displacement: np.ndarray, mode: str = "linear"
     return warp(image, u, mode=mode)[0, 0].numpy()
 
 
+def _warp_field(field: np.ndarray, displacement: np.ndarray) -> np.ndarray:
+    """Warp every component of a vector field ``(ndim, *spatial)`` in one call (linear)."""
+    f = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32))[None]
+    u = torch.from_numpy(np.ascontiguousarray(displacement, dtype=np.float32))[None]
+    return warp(f, u)[0].numpy()
+
+
 def compose_displacements(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Displacement of x -> Φ1(Φ2(x)) for Φ1 = id + first, Φ2 = id + second.
 
     (I∘Φ1)∘Φ2 = I∘(Φ1∘Φ2): warping by ``first`` then by ``second`` equals warping once by the
     result, ``second(x) + first(x + second(x))``.
     """
-    resampled = np.stack([warp_array(c, second) for c in first])
-    return (second + resampled).astype(np.float32)
+    return (second + _warp_field(first, second)).astype(np.float32)
 
 
 def invert_displacement(u: np.ndarray, iterations: int = 30) -> np.ndarray:
@@ -58,7 +64,7 @@ def invert_displacement(u: np.ndarray, iterations: int = 30) -> np.ndarray:
     """
     w = -u.copy()
     for _ in range(iterations):
-        w = -np.stack([warp_array(c, w) for c in u])
+        w = -_warp_field(u, w)
     return w.astype(np.float32)
 
 
