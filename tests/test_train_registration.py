@@ -110,8 +110,13 @@ def test_bad_input(moving_squares, tmp_path):
     with pytest.raises(ValueError, match="needs the checkpoint of its feature extractor"):
         train_registration(moving_squares, tmp_path / "d", tiny("deepsim"), progress=False)
     with pytest.raises(FileNotFoundError, match="train-seg --dataset phc-u373"):
-        train_registration(moving_squares, tmp_path / "d", tiny("deepsim"), extractor=tmp_path / "no.pt",
-                           progress=False)  # fmt: skip
+        train_registration(
+            moving_squares,
+            tmp_path / "d",
+            tiny("deepsim"),
+            extractor=tmp_path / "no.pt",
+            progress=False,
+        )
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             train_registration(
