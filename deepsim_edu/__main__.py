@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .config import METRICS, PRESETS
 from .data.layout import DATASET_NAMES, DatasetError
 
 
@@ -37,20 +38,88 @@ def _data(args: argparse.Namespace) -> None:
 def _train_seg(args: argparse.Namespace) -> None:
     from .config import segmentation_config
     from .data.embedded import resolve_dataset
+    from .experiment import results_root
     from .train import train_segmentation
 
+    _check_device(args.device)
     config = segmentation_config(args.dataset, args.preset, seed=args.seed)
     root = resolve_dataset(args.dataset, args.data)
-    out = Path(args.out or f"results/{args.preset}") / args.dataset / "segmentation"
+    out = results_root(args.preset, args.out) / args.dataset / "segmentation"
     last = train_segmentation(root, out, config, device=args.device)
     print(f"segmentation {args.dataset} ({args.preset}): epoch {last['epoch']}, "
           f"validation foreground Dice {last['val_dice']:.3f}")  # fmt: skip
     print(f"run folder: {out}")
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
-    parser.add_argument("--preset", default="quick", help="quick | default | paper")
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} given but CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"--device must be cpu or cuda[:N], got {device!r}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .experiment import run_one
+
+    _check_device(args.device)
+    run = run_one(args.dataset, args.metric, args.preset, args.data, args.out, args.device,
+                  lam=args.lam, vgg=args.vgg, seed=args.seed)  # fmt: skip
+    _print_run(run)
+
+
+def _print_run(run: Path) -> None:
+    import pandas as pd
+
+    results = pd.read_csv(run / "test_results.csv")
+    print(
+        f"{run}: test Dice {results['dice'].mean():.3f} ± {results['dice'].std():.3f} "
+        f"(before {results['dice_before'].mean():.3f}), folding "
+        f"{100 * results['folding_fraction'].mean():.3f} % over {len(results)} pairs"
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .data.embedded import resolve_dataset
+    from .evaluate import evaluate_run
+    from .experiment import results_root
+
+    _check_device(args.device)
+    run = (
+        Path(args.run)
+        if args.run
+        else results_root(args.preset, args.out) / args.dataset / args.metric
+    )
+    evaluate_run(run, resolve_dataset(args.dataset, args.data), args.split, args.device)
+    if args.split == "test":
+        _print_run(run)
+    print(f"results: {run / f'{args.split}_results.csv'}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    from .experiment import sweep_lambda
+
+    _check_device(args.device)
+    table = sweep_lambda(args.dataset, args.metric, args.preset, args.grid, args.data, args.out,
+                         args.device, vgg=args.vgg, seed=args.seed)  # fmt: skip
+    print(table.drop(columns="run").to_string(index=False))
+    print(f"selected λ = {table.loc[table.selected, 'lam'].iloc[0]:g}")
+
+
+def _experiment(args: argparse.Namespace) -> None:
+    from .experiment import run_experiment
+
+    _check_device(args.device)
+    root = run_experiment(args.preset, tuple(args.datasets), tuple(args.metrics), args.data,
+                          args.out, args.device, vgg=args.vgg, seed=args.seed)  # fmt: skip
+    print(f"results: {root}")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
+    if dataset:
+        parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--preset", default="quick", choices=PRESETS)
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--data", default=None,
                         help="dataset folder (or a folder holding <dataset>/); default: the "
@@ -101,6 +170,37 @@ def build_parser() -> argparse.ArgumentParser:
     seg = commands.add_parser("train-seg", help="train the segmentation net (DeepSim's extractor)")
     _add_run_arguments(seg)
     seg.set_defaults(run=_train_seg)
+
+    train = commands.add_parser("train", help="train + test one registration run")
+    _add_run_arguments(train)
+    train.add_argument("--metric", required=True, choices=METRICS)
+    train.add_argument("--lam", type=float, default=None, help="λ of Eq. 1 (default: the preset's)")
+    train.add_argument("--vgg", default=None, help="VGG16 weights (default data/vgg16_conv.pt)")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a trained run, one CSV row per pair")
+    _add_run_arguments(evaluate)
+    evaluate.add_argument("--metric", required=True, choices=METRICS)
+    evaluate.add_argument("--split", default="test", choices=["val", "test"])
+    evaluate.add_argument("--run", default=None, help="run folder (default from --out/--preset)")
+    evaluate.set_defaults(run=_evaluate)
+
+    sweep = commands.add_parser("sweep-lambda", help="pick λ on the validation set (log2 grid)")
+    _add_run_arguments(sweep)
+    sweep.add_argument("--metric", required=True, choices=METRICS)
+    sweep.add_argument("--grid", type=float, nargs="+", default=None,
+                       help="λ values (default: the paper's λ × 2^k, k = -2..2)")  # fmt: skip
+    sweep.add_argument("--vgg", default=None)
+    sweep.set_defaults(run=_sweep)
+
+    experiment = commands.add_parser("experiment", help="the whole grid: datasets × metrics")
+    _add_run_arguments(experiment, dataset=False)
+    experiment.add_argument(
+        "--datasets", nargs="+", default=list(DATASET_NAMES), choices=DATASET_NAMES
+    )
+    experiment.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    experiment.add_argument("--vgg", default=None)
+    experiment.set_defaults(run=_experiment)
     return parser
 
 

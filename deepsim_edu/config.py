@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
-from .data.layout import check_dataset_name
+from .data.layout import DATASET_NAMES, check_dataset_name
 
 PRESETS = ("quick", "default", "paper")
+DATASETS = DATASET_NAMES
 
 
 def check_preset(preset: str) -> str:

@@ -15,10 +15,15 @@ Two conventions for the mean over classes:
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from .data.pairs import PairDataset
+from .runs import load_checkpoint, write_csv
 from .transform import jacobian_determinant, warp
+from .unet import registration_unet
 
 DICE_CONVENTIONS = ("foreground", "paper")
 
@@ -125,3 +130,31 @@ def evaluate_pairs(net, pairs, device: str = "cpu", classes: list[str] | None = 
         row.update({f"dice_{name}": per_class[0, c].item() for c, name in enumerate(classes)})
         rows.append(row)
     return rows
+
+
+def load_registration_net(run: str | Path, device: str = "cpu"):
+    """The trained registration U-Net of a run folder (``checkpoint.pt``), in eval mode."""
+    checkpoint = load_checkpoint(Path(run) / "checkpoint.pt", map_location=device)
+    config = checkpoint["config"]
+    if config.get("kind") != "registration":
+        raise ValueError(f"{run}: not a registration run (kind {config.get('kind')!r})")
+    net = registration_unet(config["ndim"], config["encoder_channels"], dropout=config["dropout"])
+    net.load_state_dict(checkpoint["model"])
+    return net.to(device).eval(), config
+
+
+def evaluate_run(
+    run: str | Path, data: str | Path, split: str = "test", device: str = "cpu"
+) -> Path:
+    """Evaluate a trained run on ``split``: one row per pair → ``<run>/<split>_results.csv``."""
+    net, config = load_registration_net(run, device)
+    pairs = PairDataset(data, split)
+    if pairs.info.name != config["dataset"]:
+        raise ValueError(
+            f"{run} was trained on {config['dataset']!r}, {data} holds {pairs.info.name!r}"
+        )
+    rows = [{"dataset": config["dataset"], "metric": config["metric"], **row}
+            for row in evaluate_pairs(net, pairs, device)]  # fmt: skip
+    path = Path(run) / f"{split}_results.csv"
+    write_csv(path, rows)
+    return path
