@@ -1,0 +1,69 @@
+"""The experiment CLI end to end on a tiny 128x128 series: grid, skip on rerun, bad input."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from deepsim_edu.data.layout import DatasetInfo, write_case, write_dataset_json
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """<data>/phc-u373: frames of 128x128 with a textured disc that drifts 2 voxels per frame."""
+    root = tmp_path_factory.mktemp("data")
+    gen = torch.Generator().manual_seed(0)
+    rows, cols = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    splits = {s: [f"{s}_{i}" for i in range(4)] for s in ("train", "val", "test")}
+    for cases in splits.values():
+        for i, case in enumerate(cases):
+            label = (((rows - 64) ** 2 + (cols - 50 - 2 * i) ** 2) < 30**2).to(torch.uint8)
+            image = 0.3 + 0.4 * label + 0.05 * torch.rand(128, 128, generator=gen)
+            write_case(root / "phc-u373", case, image.numpy(), label.numpy(), [1.0, 1.0])
+    info = DatasetInfo(name="phc-u373", ndim=2, spacing=[1, 1], classes=["background", "cell"], splits=splits)
+    write_dataset_json(root / "phc-u373", info)
+    return root
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "deepsim_edu", *args], capture_output=True, text=True)
+
+
+def test_experiment_runs_grid_and_skips_finished_runs(data, tmp_path):
+    args = ["experiment", "--preset", "quick", "--datasets", "phc-u373", "--metrics", "mse", "deepsim",
+            "--data", str(data), "--out", str(tmp_path)]  # fmt: skip
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    for run in ("segmentation", "mse", "deepsim"):
+        files = {p.name for p in (tmp_path / "phc-u373" / run).iterdir()}
+        assert {"config.json", "log.csv", "checkpoint.pt"} <= files, run
+    results = pd.read_csv(tmp_path / "phc-u373" / "deepsim" / "test_results.csv")
+    assert len(results) == 3 and results["dice"].between(0, 1).all()
+    stamp = (tmp_path / "phc-u373" / "mse" / "checkpoint.pt").stat().st_mtime_ns
+    again = cli(*args)
+    assert again.returncode == 0 and f"results: {tmp_path}" in again.stdout
+    assert (tmp_path / "phc-u373" / "mse" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_cli_bad_input(data, tmp_path):
+    for args, message in [
+        (["train", "--dataset", "phc-u373", "--metric", "ssim"], "invalid choice: 'ssim'"),
+        (["train", "--dataset", "lung", "--metric", "mse"], "invalid choice: 'lung'"),
+        (["experiment", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["train", "--dataset", "phc-u373", "--metric", "mse", "--lam", "-1", "--data", str(data)],
+         "λ must be a number >= 0"),
+        (["train", "--dataset", "phc-u373", "--metric", "mse", "--lam", "nan", "--data", str(data)],
+         "λ must be a number >= 0"),
+        (["train", "--dataset", "phc-u373", "--metric", "mse", "--data", str(tmp_path)],
+         "not in the dataset layout"),
+        (["train", "--dataset", "brain-mri", "--metric", "mse", "--data", str(data / "phc-u373")],
+         "holds dataset 'phc-u373', not 'brain-mri'"),
+    ]:  # fmt: skip
+        result = cli(*args, "--out", str(tmp_path / "out"))
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
+    if not torch.cuda.is_available():
+        result = cli("train", "--dataset", "phc-u373", "--metric", "mse", "--device", "cuda")
+        assert result.returncode == 2 and "CUDA is not available" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written by any of them
