@@ -8,8 +8,7 @@ Prints forward+backward time (median of ``--repeats`` after one warm-up) and pea
   (b) one registration training step (U-Net forward, warp, loss + λ·diffusion, backward, Adam)
       with MSE and with NCC, with the paper's channels (2D 64-128-256, 3D 32-64-128);
 
-for 2D 16×1×128×128 and 3D 1×1×80×96×112. Each case runs in its own subprocess so that the
-peak resident memory (CPU; peak allocated on CUDA) belongs to that case alone.
+for 2D 16×1×128×128 and 3D 1×1×80×96×112, each case in its own subprocess.
 
     python bench/ncc_and_step.py [--device cpu|cuda] [--repeats 3] [--threads N]
 
@@ -20,21 +19,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from deepsim_edu.losses import NCC, diffusion_regulariser, get_loss
-from deepsim_edu.transform import warp
-from deepsim_edu.unet import registration_unet
+sys.path.insert(0, str(Path(__file__).parent))
+from common import CHANNELS, SHAPES, measure, registration_step, run_isolated  # noqa: E402
 
-SHAPES = {"2D": (16, 1, 128, 128), "3D": (1, 1, 80, 96, 112)}
-CHANNELS = {"2D": (64, 128, 256), "3D": (32, 64, 128)}
+from deepsim_edu.losses import NCC  # noqa: E402
+
+CASES = ("ncc-fast", "ncc-conv", "step-mse", "step-ncc")
 
 
 def conv_ncc(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9) -> torch.Tensor:
@@ -43,64 +39,27 @@ def conv_ncc(warped: torch.Tensor, fixed: torch.Tensor, window: int = 9) -> torc
     conv = getattr(F, f"conv{ndim}d")
     kernel = torch.ones(1, 1, *[window] * ndim, dtype=fixed.dtype, device=fixed.device)
     n = float(window**ndim)
-    sums = [
-        conv(x, kernel, padding=window // 2)
-        for x in (warped, fixed, warped * warped, fixed * fixed, warped * fixed)
-    ]
-    sum_i, sum_j, sum_ii, sum_jj, sum_ij = sums
+    products = (warped, fixed, warped * warped, fixed * fixed, warped * fixed)
+    sum_i, sum_j, sum_ii, sum_jj, sum_ij = (conv(x, kernel, padding=window // 2) for x in products)
     cross = sum_ij - sum_i * sum_j / n
     var = (sum_ii - sum_i**2 / n) * (sum_jj - sum_j**2 / n)
     return 1 - (cross**2 / var.clamp(min=1e-6)).mean()
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def run_case(case: str, dim: str, device: str, repeats: int) -> dict:
-    """Time one case in this process; returns seconds (median) and peak memory in MiB."""
+    """Time one case in this process: median seconds and peak MiB."""
+    if case.startswith("step-"):
+        step = registration_step(case[5:], SHAPES[dim], CHANNELS[dim], device)
+        return measure(step, device, repeats)
     torch.manual_seed(0)
-    shape = SHAPES[dim]
-    ndim = len(shape) - 2
-    fixed = torch.rand(shape, device=device)
-    moving = torch.rand(shape, device=device)
+    fixed, moving = torch.rand(SHAPES[dim], device=device), torch.rand(SHAPES[dim], device=device)
+    loss_fn = NCC(window=9) if case == "ncc-fast" else conv_ncc
 
-    if case in ("ncc-fast", "ncc-conv"):
-        loss_fn = NCC(window=9) if case == "ncc-fast" else conv_ncc
+    def step():
+        warped = moving.clone().requires_grad_(True)
+        loss_fn(warped, fixed).backward()
 
-        def step():
-            warped = moving.clone().requires_grad_(True)
-            loss_fn(warped, fixed).backward()
-    else:
-        metric = case.split("-")[1]
-        net = registration_unet(ndim, CHANNELS[dim]).to(device)
-        optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
-        similarity = get_loss(metric)
-
-        def step():
-            optimiser.zero_grad(set_to_none=True)
-            u = net(torch.cat([moving, fixed], dim=1))
-            loss = similarity(warp(moving, u), fixed) + 1.0 * diffusion_regulariser(u)
-            loss.backward()
-            optimiser.step()
-
-    baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step()  # warm-up
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    if device == "cuda":
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_kib) / 1024
-    return {"seconds": statistics.median(times), "peak_mib": peak_mib}
+    return measure(step, device, repeats)
 
 
 def main() -> None:
@@ -109,48 +68,29 @@ def main() -> None:
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
-    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--one", nargs=2, metavar=("CASE", "DIM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda given but CUDA is not available")
-
     if args.one:
         print(json.dumps(run_case(*args.one, args.device, args.repeats)))
         return
 
-    print(
-        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"median of {args.repeats} after a warm-up; peak = "
-        f"{'max allocated' if args.device == 'cuda' else 'peak RSS increase'}"
-    )
-    print(f"{'case':<16}{'dim':<5}{'shape':<22}{'fwd+bwd s':>10}{'peak MiB':>10}")
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, median of "
+          f"{args.repeats} after a warm-up; peak = "
+          f"{'max allocated' if args.device == 'cuda' else 'peak RSS increase'}")  # fmt: skip
+    print(f"{'case':<12}{'dim':<5}{'shape':<22}{'fwd+bwd s':>10}{'peak MiB':>10}")
+    extra = ["--device", args.device, "--repeats", str(args.repeats)]
+    extra += ["--threads", str(args.threads)] if args.threads else []
     results = {}
     for dim in ("2D", "3D"):
-        for case in ("ncc-fast", "ncc-conv", "step-mse", "step-ncc"):
-            command = [
-                sys.executable,
-                __file__,
-                "--one",
-                case,
-                dim,
-                "--device",
-                args.device,
-                "--repeats",
-                str(args.repeats),
-            ]
-            if args.threads:
-                command += ["--threads", str(args.threads)]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            r = results[case, dim] = json.loads(out.strip().splitlines()[-1])
-            print(
-                f"{case:<16}{dim:<5}{str(SHAPES[dim]):<22}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}",
-                flush=True,
-            )
+        for case in CASES:
+            r = results[case, dim] = run_isolated(__file__, ["--one", case, dim, *extra])
+            print(f"{case:<12}{dim:<5}{str(SHAPES[dim]):<22}{r['seconds']:>10.3f}{r['peak_mib']:>10.0f}",
+                  flush=True)  # fmt: skip
     for dim in ("2D", "3D"):
         ratio = results["ncc-fast", dim]["seconds"] / results["ncc-conv", dim]["seconds"]
         print(
