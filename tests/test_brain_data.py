@@ -29,8 +29,11 @@ COUNTS = {"train": 2, "val": 1, "test": 2}
 
 def dice(a: np.ndarray, b: np.ndarray, classes=(1, 2, 3)) -> float:
     """Mean foreground Dice 2|A∩B| / (|A|+|B|) over ``classes``."""
-    return float(np.mean([2 * np.sum((a == c) & (b == c)) / (np.sum(a == c) + np.sum(b == c))
-                          for c in classes]))
+    return float(
+        np.mean(
+            [2 * np.sum((a == c) & (b == c)) / (np.sum(a == c) + np.sum(b == c)) for c in classes]
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,11 +122,11 @@ def test_same_seed_identical_files_independent_of_split_sizes(dataset, tmp_path)
     info, info2 = load_info(dataset), load_info(other)
     assert info2.splits["val"] == ["sub-001"]
     for case in ("atlas", "sub-000", "sub-001", "sub-002"):
-        for a, b in zip(read_case(dataset, info, case), read_case(other, info2, case),
-                        strict=True):
+        for a, b in zip(read_case(dataset, info, case), read_case(other, info2, case), strict=True):
             np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(read_displacement(dataset, info, "sub-002"),
-                                  read_displacement(other, info2, "sub-002"))
+    np.testing.assert_array_equal(
+        read_displacement(dataset, info, "sub-002"), read_displacement(other, info2, "sub-002")
+    )
 
 
 def test_make_subject_matches_files_and_differs_across_seeds(dataset, atlas):

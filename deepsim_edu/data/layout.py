@@ -10,6 +10,8 @@
                                    for the test pair whose moving image is <case>, in voxels:
                                    warp(moving, u) ~ fixed (atlas rule: fixed = the atlas;
                                    neighbours rule: fixed = the next section/frame)
+      noise_masks/<case>.nii.gz    optional (embedded 2D series): uint8 0/1, where strong noise
+                                   was added — the "noisy patches" of the paper's Fig. 2b
 
 2D datasets are stored as 2D NIfTI files. ``dataset.json`` looks like::
 
@@ -159,7 +161,7 @@ def write_dataset_json(root: str | Path, info: DatasetInfo) -> Path:
     return path
 
 
-def _save_nifti(path: Path, array: np.ndarray, spacing: list[float] | tuple[float, ...]) -> None:
+def save_nifti(path: Path, array: np.ndarray, spacing: list[float] | tuple[float, ...]) -> None:
     """Save ``array`` as NIfTI with a diagonal affine of ``spacing`` (atomic)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     affine = np.eye(4)
@@ -200,8 +202,8 @@ def write_case(
         raise DatasetError(f"case {case_id!r}: image has non-finite values")
     if label.min() < 0 or label.max() > 255:
         raise DatasetError(f"case {case_id!r}: labels must lie in 0..255")
-    _save_nifti(root / "images" / f"{case_id}.nii.gz", image, spacing)
-    _save_nifti(root / "labels" / f"{case_id}.nii.gz", label.astype(np.uint8), spacing)
+    save_nifti(root / "images" / f"{case_id}.nii.gz", image, spacing)
+    save_nifti(root / "labels" / f"{case_id}.nii.gz", label.astype(np.uint8), spacing)
     if displacement is not None:
         displacement = np.asarray(displacement, dtype=np.float32)
         if displacement.shape != (image.ndim, *image.shape):
@@ -209,7 +211,7 @@ def write_case(
                 f"case {case_id!r}: displacement must have shape {(image.ndim, *image.shape)}, "
                 f"got {displacement.shape}"
             )
-        _save_nifti(root / "displacements" / f"{case_id}.nii.gz", displacement, spacing)
+        save_nifti(root / "displacements" / f"{case_id}.nii.gz", displacement, spacing)
 
 
 # ----------------------------------------------------------------------------- reading

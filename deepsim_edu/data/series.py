@@ -1,0 +1,163 @@
+"""What the two embedded 2D series (Platelet-EM sections, PhC-U373 frames) share.
+
+* ``add_noise``: the microscope's side of an image — contrast/gain changes between sections
+  (±30 % / ±20 %), a bias field, white noise, and in some images strong noise in smooth patches
+  covering 30–50 % of the image plus streaks, all scaled by one ``noise`` level (0 = clean).
+  The paper's claims are about low contrast and noise; this is where the data gets them.
+* ``Section`` and ``write_series_dataset``: one generated section/frame and writing a whole
+  series in the layout of ``layout.py`` plus ``noise_masks/<case>.nii.gz`` (uint8 0/1: where the
+  strong noise went), through a staging folder that replaces the target only when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .layout import DatasetInfo, save_nifti, write_case, write_dataset_json
+from .synth import bias_field, smooth_noise
+
+
+def check_noise(noise: float) -> float:
+    """Return ``noise`` if it is a finite number >= 0, else raise a ValueError."""
+    if not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a finite number >= 0 (0 = clean), got {noise!r}")
+    return noise
+
+
+def add_noise(
+    image: np.ndarray, noise: float, rng: np.random.Generator, patches: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """What the microscope adds to a clean image ``(H, W)`` in [0, 1], all scaled by ``noise``.
+
+    Contrast ×(1 ± 0.3) about the mean and gain ×(1 ± 0.2) (both scaled by min(noise, 1)), a
+    smooth bias field exp(0.1·noise·g), white noise of σ 0.04·noise, and — if ``patches`` —
+    strong noise of σ (0.3–0.4)·noise in smooth blobs covering 30–50 % of the image plus a
+    few bright or dark streaks. The random draws do not depend on
+    ``noise``, so one seed gives the same sections at every noise level.
+
+    Returns the noisy image (float32, clipped to [0, 1]) and the mask (uint8 0/1) of where the
+    strong noise went (all zeros if none was added or ``noise == 0``).
+    """
+    check_noise(noise)
+    shape = image.shape
+    strength = min(noise, 1.0)
+    contrast = 1 + 0.3 * strength * rng.uniform(-1, 1)
+    gain = 1 + 0.2 * strength * rng.uniform(-1, 1)
+    mean = float(image.mean())
+    out = gain * (mean + contrast * (image - mean))
+    out = out * bias_field(shape, sigma=max(shape) / 4, strength=0.1 * noise, rng=rng)
+    out = out + 0.04 * noise * rng.standard_normal(shape)
+    blobs = smooth_noise(shape, max(shape) / 16, rng)
+    coverage, sigma = rng.uniform(0.3, 0.5), rng.uniform(0.3, 0.4)
+    mask = blobs > np.quantile(blobs, 1 - coverage)
+    strong = sigma * noise * rng.standard_normal(shape)
+    streaks = _streaks(shape, rng)
+    if patches and noise > 0:
+        out = out + np.where(mask, strong, 0.0) + noise * streaks
+    else:
+        mask = np.zeros(shape, dtype=bool)
+    return np.clip(out, 0, 1).astype(np.float32), mask.astype(np.uint8)
+
+
+def _streaks(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """A few straight streaks (knife marks, scan-line glitches): Gaussian profile, ±0.1–0.2."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
+    out = np.zeros(shape, dtype=np.float32)
+    for _ in range(rng.integers(2, 5)):
+        angle = rng.normal(0.0, 0.15)  # nearly horizontal
+        offset = rng.uniform(0, shape[0])
+        width, amplitude = rng.uniform(0.7, 2.0), rng.choice([-1, 1]) * rng.uniform(0.1, 0.2)
+        distance = yy - offset - math.tan(angle) * (xx - shape[1] / 2)
+        out += amplitude * np.exp(-0.5 * (distance / width) ** 2)
+    return out
+
+
+@dataclass
+class Section:
+    """One generated section/frame, as it will be written."""
+
+    image: np.ndarray  # (H, W) float32 in [0, 1]
+    label: np.ndarray  # (H, W) uint8
+    noise_mask: np.ndarray  # (H, W) uint8 0/1
+    displacement: np.ndarray | None = None  # (2, H, W): warp(this, u) ≈ the next one
+
+
+def quantise_displacement(u: np.ndarray, step: float = 1 / 64) -> np.ndarray:
+    """Round a displacement to multiples of ``step`` pixels, so that its file compresses well."""
+    return (np.round(u / step) * step).astype(np.float32)
+
+
+def quantise(image: np.ndarray, levels: int = 256) -> np.ndarray:
+    """Round intensities in [0, 1] to ``levels`` grey levels (float32), as an 8-bit camera does."""
+    return (np.round(image * (levels - 1)) / (levels - 1)).astype(np.float32)
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` that becomes ``out`` only if the block finishes.
+
+    On an exception the temporary folder is removed and ``out`` is left as it was; on success
+    an existing ``out`` is replaced, so nobody ever sees a half-written dataset.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.replace(out, aside / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside / out.name, out)  # put the old dataset back
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def write_series_dataset(out: str | Path, info: DatasetInfo, sections: dict[str, Section]) -> Path:
+    """Write every section (layout of ``layout.py`` + ``noise_masks/``), dataset.json last."""
+    out = Path(out)
+    spacing = info.spacing
+    with staging_folder(out) as tmp:
+        for case, section in sections.items():
+            write_case(tmp, case, section.image, section.label, spacing, section.displacement)
+            save_nifti(tmp / "noise_masks" / f"{case}.nii.gz", section.noise_mask, spacing)
+        write_dataset_json(tmp, info)
+    return out
+
+
+def keep_test_displacements(splits: dict[str, list[str]], sections: dict[str, Section]) -> None:
+    """Keep the true displacement of the val and test pairs (i, i+1) only; drop the others.
+
+    These are the pairs that get evaluated; a displacement costs more disk than its image
+    (two float channels), so the training series goes without.
+    """
+    keep = {case for split in ("val", "test") for case in splits[split][:-1]}
+    for case, section in sections.items():
+        if case not in keep:
+            section.displacement = None
+
+
+def series_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent generators from one seed: the training series and the val/test series."""
+    train, valtest = np.random.SeedSequence(seed).spawn(2)
+    return np.random.default_rng(train), np.random.default_rng(valtest)
