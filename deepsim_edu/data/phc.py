@@ -322,7 +322,7 @@ def make_phc_u373(
     Args:
         out: the dataset folder to create (replaced if it exists).
         seed: everything is drawn from this seed: the same seed gives identical files.
-        noise: nuisance level (see ``platelet.add_noise``); 0 clean, 1 the default.
+        noise: nuisance level (see ``series.add_noise``); 0 clean, 1 the default.
         size: frame size (H, W) in pixels, each at least 64.
         n_train: frames of the training sequence (paper: 115).
         n_valtest: frames of the val/test sequence (paper: 115); val and test each get at

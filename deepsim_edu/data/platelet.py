@@ -32,8 +32,8 @@ claim needs it.
    case from the same seed (same anatomy, same distortions); ``noise=1`` is the default;
    larger values make the stress test of a noise sweep.
 
-``add_noise``, ``Section`` and the atomic writer ``write_series_dataset`` are shared with
-``phc.py``. At the defaults (256², 50 + 24 sections) generation takes about 8 s on 2 CPU cores
+``add_noise``, ``Section`` and the atomic writer ``write_series_dataset`` live in ``series.py``
+(shared with ``phc.py``). At the defaults (256², 50 + 24 sections) generation takes about 8 s on 2 CPU cores
 and the folder about 12 MB.
 
 Splits follow the paper's proportions: ``train`` is one stack of ``n_train`` sections (paper:
