@@ -131,3 +131,17 @@ def add_noise(image: Tensor, max_sigma: float, generator: torch.Generator) -> Te
     sigma = max_sigma * torch.rand(batch, generator=generator).view(batch, *[1] * (image.dim() - 1))
     noise = torch.randn(image.shape, generator=generator)
     return image + (sigma * noise).to(image.device, image.dtype)
+
+
+def random_crop(tensors: list[Tensor], size: tuple[int, ...] | None, generator: torch.Generator):
+    """The same random crop of ``size`` from every tensor ``(B, C, *spatial)`` (None: no crop)."""
+    if size is None:
+        return tensors
+    spatial = tensors[0].shape[2:]
+    if len(size) != len(spatial) or any(s > n for s, n in zip(size, spatial)):
+        raise ValueError(f"crop {tuple(size)} does not fit images of size {tuple(spatial)}")
+    starts = [
+        torch.randint(n - s + 1, (), generator=generator).item() for s, n in zip(size, spatial)
+    ]
+    index = (slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(starts, size))
+    return [t[index] for t in tensors]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .augment import AUGMENTATIONS, add_noise, augment_batch
+from .augment import AUGMENTATIONS, add_noise, augment_batch, random_crop
 from .config import RegistrationConfig, SegmentationConfig
 from .data.pairs import CaseStore, PairDataset, training_pairs
 from .evaluate import dice_per_class, evaluate_pairs, mean_dice
@@ -133,6 +133,7 @@ def train_segmentation(
             generator = torch.Generator().manual_seed(step_seed(config.seed, step))
             images, labels = sample_batch(store, cases, config.batch_size, generator)
             (images,), (labels,) = augment_batch([images], [labels], augmentation, generator)
+            images, labels = random_crop([images, labels], config.crop, generator)
             images = add_noise(images, config.noise_sigma, generator)
             logits = model(images.to(device))
             loss = F.cross_entropy(logits, labels[:, 0].to(device))
@@ -190,20 +191,6 @@ def build_similarity(
     if config.metric in ("ncc", "ncc-sup"):
         return get_loss(config.metric, window=config.ncc_window)
     return get_loss(config.metric)
-
-
-def random_crop(tensors: list[Tensor], size: tuple[int, ...] | None, generator: torch.Generator):
-    """The same random crop of ``size`` from every tensor ``(B, C, *spatial)`` (None: no crop)."""
-    if size is None:
-        return tensors
-    spatial = tensors[0].shape[2:]
-    if len(size) != len(spatial) or any(s > n for s, n in zip(size, spatial)):
-        raise ValueError(f"crop {tuple(size)} does not fit images of size {tuple(spatial)}")
-    starts = [
-        torch.randint(n - s + 1, (), generator=generator).item() for s, n in zip(size, spatial)
-    ]
-    index = (slice(None), slice(None)) + tuple(slice(a, a + s) for a, s in zip(starts, size))
-    return [t[index] for t in tensors]
 
 
 def registration_loss(

@@ -31,7 +31,9 @@ def squares(tmp_path_factory):
 
 
 def tiny_config(**kw):
-    base = dict(encoder_channels=(4, 8, 8), batch_size=2, steps_per_epoch=4, epochs=4, lr=3e-3)
+    base = dict(
+        encoder_channels=(4, 8, 8), batch_size=2, steps_per_epoch=4, epochs=4, lr=3e-3, crop=None
+    )
     return segmentation_config("phc-u373", "quick", **{**base, **kw})
 
 

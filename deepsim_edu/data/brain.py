@@ -150,8 +150,9 @@ def load_mni152(
 
     def resample(volume: np.ndarray) -> np.ndarray:
         smooth = ndimage.gaussian_filter(volume, sigma=max(step - 1.0, 0.0) / 2)
-        return ndimage.affine_transform(smooth, [step] * 3, offset=start, output_shape=shape,
-                                        order=1, cval=0.0)
+        return ndimage.affine_transform(
+            smooth, [step] * 3, offset=start, output_shape=shape, order=1, cval=0.0
+        )
 
     t1, gm, wm = (resample(volumes[key]) for key in ("t1", "gm", "wm"))
     mask = _brain_mask(gm + wm)
@@ -166,8 +167,12 @@ def load_mni152(
 
 
 def _random_affine(
-    points: np.ndarray, centre: np.ndarray, rng: np.random.Generator,
-    rotation_deg: float, scaling: float, shift: float,
+    points: np.ndarray,
+    centre: np.ndarray,
+    rng: np.random.Generator,
+    rotation_deg: float,
+    scaling: float,
+    shift: float,
 ) -> np.ndarray:
     """u(x) = (A − I)(x − centre) + t at ``points`` ``(3, *grid)``, in voxels; ``(3, *grid)``.
 
@@ -179,17 +184,26 @@ def _random_affine(
     for axis, angle in enumerate(angles):
         i, j = [k for k in range(3) if k != axis]  # the plane the rotation turns
         rotation = np.eye(3)
-        rotation[[i, i, j, j], [i, j, i, j]] = [np.cos(angle), -np.sin(angle),
-                                                np.sin(angle), np.cos(angle)]
+        rotation[[i, i, j, j], [i, j, i, j]] = [
+            np.cos(angle),
+            -np.sin(angle),
+            np.sin(angle),
+            np.cos(angle),
+        ]
         matrix = rotation @ matrix
     t = rng.uniform(-shift, shift, 3).reshape(3, 1, 1, 1)
     return np.einsum("ij,j...->i...", matrix - np.eye(3), points - centre.reshape(3, 1, 1, 1)) + t
 
 
 def random_deformation(
-    shape: tuple[int, int, int], rng: np.random.Generator, sigma: float = 12.0,
-    magnitude: float = 1.0, rotation_deg: float = 3.0, scaling: float = 0.03,
-    shift: float = 1.0, grid: int = 4,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    sigma: float = 12.0,
+    magnitude: float = 1.0,
+    rotation_deg: float = 3.0,
+    scaling: float = 0.03,
+    shift: float = 1.0,
+    grid: int = 4,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A random smooth deformation and its inverse: ``(u, w)``, each ``(3, *shape)`` in voxels.
 
@@ -226,8 +240,13 @@ def min_jacobian_determinant(u: np.ndarray) -> float:
 
 
 def make_subject(
-    atlas_t1: np.ndarray, atlas_labels: np.ndarray, rng: np.random.Generator,
-    sigma: float = 12.0, magnitude: float = 1.0, bias: float = 0.15, gamma: float = 0.3,
+    atlas_t1: np.ndarray,
+    atlas_labels: np.ndarray,
+    rng: np.random.Generator,
+    sigma: float = 12.0,
+    magnitude: float = 1.0,
+    bias: float = 0.15,
+    gamma: float = 0.3,
     noise: float = 0.03,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic subject ``(t1, labels, u)`` with ``warp(t1, u) ≈ atlas_t1``.
@@ -252,10 +271,17 @@ def make_subject(
         a registration network should find.
     """
     if atlas_t1.ndim != 3 or atlas_t1.shape != atlas_labels.shape:
-        raise ValueError(f"atlas_t1 and atlas_labels must be 3D arrays of one shape, got "
-                         f"{atlas_t1.shape} and {atlas_labels.shape}")
-    for name, value in [("sigma", sigma), ("magnitude", magnitude), ("bias", bias),
-                        ("gamma", gamma), ("noise", noise)]:
+        raise ValueError(
+            f"atlas_t1 and atlas_labels must be 3D arrays of one shape, got "
+            f"{atlas_t1.shape} and {atlas_labels.shape}"
+        )
+    for name, value in [
+        ("sigma", sigma),
+        ("magnitude", magnitude),
+        ("bias", bias),
+        ("gamma", gamma),
+        ("noise", noise),
+    ]:
         if not value >= 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
     shape = atlas_t1.shape
@@ -264,8 +290,10 @@ def make_subject(
         if min_jacobian_determinant(u) > MIN_JACOBIAN:
             break
     else:
-        raise ValueError(f"10 random deformations in a row folded (det ∇Φ <= {MIN_JACOBIAN}); "
-                         f"magnitude {magnitude} is too large for sigma {sigma}")
+        raise ValueError(
+            f"10 random deformations in a row folded (det ∇Φ <= {MIN_JACOBIAN}); "
+            f"magnitude {magnitude} is too large for sigma {sigma}"
+        )
     t1 = warp_array(atlas_t1.astype(np.float32), w)
     labels = warp_array(atlas_labels.astype(np.uint8), w, mode="nearest")
 
@@ -282,8 +310,14 @@ def make_subject(
 
 
 def make_brain_mri(
-    out: str | Path, seed: int = 0, n_train: int = 40, n_val: int = 5, n_test: int = 10,
-    noise: float = 0.03, spacing_mm: float = 2.0, shape: tuple[int, int, int] = (80, 96, 80),
+    out: str | Path,
+    seed: int = 0,
+    n_train: int = 40,
+    n_val: int = 5,
+    n_test: int = 10,
+    noise: float = 0.03,
+    spacing_mm: float = 2.0,
+    shape: tuple[int, int, int] = (80, 96, 80),
 ) -> Path:
     """Write the embedded Brain-MRI dataset to ``out`` and return ``out`` as a Path.
 
@@ -319,15 +353,24 @@ def make_brain_mri(
     if out.exists():
         if (out / "dataset.json").is_file() and load_info(out).source == source:
             return out
-        raise FileExistsError(f"{out} exists and is not this dataset (seed {seed}, noise "
-                              f"{noise}, ...); delete it to make the dataset again")
+        raise FileExistsError(
+            f"{out} exists and is not this dataset (seed {seed}, noise "
+            f"{noise}, ...); delete it to make the dataset again"
+        )
 
     spacing = [float(spacing_mm)] * 3
     atlas_t1, atlas_labels = load_mni152(spacing_mm, shape)
     ids = iter(f"sub-{i:03d}" for i in range(sum(counts.values())))
     splits = {split: [next(ids) for _ in range(n)] for split, n in counts.items()}
-    info = DatasetInfo(name="brain-mri", ndim=3, spacing=spacing, classes=list(CLASSES),
-                       splits=splits, pairing={"rule": "atlas", "atlas": "atlas"}, source=source)
+    info = DatasetInfo(
+        name="brain-mri",
+        ndim=3,
+        spacing=spacing,
+        classes=list(CLASSES),
+        splits=splits,
+        pairing={"rule": "atlas", "atlas": "atlas"},
+        source=source,
+    )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))

@@ -33,8 +33,8 @@ claim needs it.
    larger values make the stress test of a noise sweep.
 
 ``add_noise``, ``Section`` and the atomic writer ``write_series_dataset`` live in ``series.py``
-(shared with ``phc.py``). At the defaults (256², 50 + 24 sections) generation takes about 8 s on 2 CPU cores
-and the folder about 12 MB.
+(shared with ``phc.py``). At the defaults (256², 50 + 24 sections) generation takes about 8 s
+on 2 CPU cores and the folder about 12 MB.
 
 Splits follow the paper's proportions: ``train`` is one stack of ``n_train`` sections (paper:
 50); a second, independent stack of ``n_valtest`` sections (paper: 24) gives ``val`` = its first
