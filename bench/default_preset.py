@@ -1,10 +1,9 @@
 """Benchmark: seconds per optimiser step and peak memory of the ``default`` preset (issue 6).
 
-For every dataset × metric: one training step exactly as ``train_registration`` takes it
-under the ``default`` preset — its channels, batch size, accumulation and crop (2D: random
-128² crops; Brain-MRI: whole 80×96×80 volumes) — with random data of the embedded datasets'
-shapes, random weights for DeepSim's extractor and VGG. Also the segmentation step of each
-dataset. Prints an estimate of the whole ``experiment --preset default`` grid on this machine.
+For every dataset × metric: one training step as ``train_registration`` takes it under the
+``default`` preset — its channels, batch size, accumulation and training crop (2D 128²,
+Brain-MRI 48×56×48) — with random data and random weights for DeepSim's extractor and VGG.
+Also the segmentation step of each dataset. Prints an estimate of the whole ``experiment --preset default`` grid on this machine.
 
     python bench/default_preset.py [--device cpu|cuda] [--repeats 2] [--datasets ...]
 """
@@ -36,7 +35,7 @@ def segmentation_step(dataset: str, device: str):
     from deepsim_edu.unet import segmentation_unet
 
     config = segmentation_config(dataset, "default")
-    shape = EMBEDDED_SHAPE[dataset]
+    shape = config.crop or EMBEDDED_SHAPE[dataset]
     net = segmentation_unet(len(shape), 4, config.encoder_channels).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
     images = torch.rand(config.batch_size, 1, *shape, device=device)
