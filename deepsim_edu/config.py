@@ -79,7 +79,7 @@ def segmentation_config(dataset: str, preset: str = "default", **overrides) -> S
     if preset == "quick":
         config = SegmentationConfig(
             dataset, preset, (8, 16, 32) if brain else (16, 32, 64), dropout=0.0, lr=1e-3,
-            batch_size=1 if brain else 8, steps_per_epoch=10, epochs=4 if brain else 10,
+            batch_size=1 if brain else 8, steps_per_epoch=10, epochs=4 if brain else 30,
             augmentation=_AUGMENTATION[dataset], noise_sigma=0.1, crop=crop,
         )  # fmt: skip
     elif preset == "default":

@@ -194,17 +194,23 @@ def build_similarity(
 
 
 def registration_loss(
-    net, similarity, moving, fixed, moving_labels, fixed_labels, lam, num_classes
+    net, similarity, moving, fixed, moving_labels, fixed_labels, lam, num_classes, amp=False
 ):
-    """Eq. 1: L = D(I∘Φ, J) + λ R(u), with u = net(I ⊕ J). Returns (L, D, R, u)."""
-    u = net(torch.cat([moving, fixed], dim=1))  # (B, ndim, *spatial)
+    """Eq. 1: L = D(I∘Φ, J) + λ R(u), with u = net(I ⊕ J). Returns (L, D, R, u).
+
+    ``amp``: run the U-Net in float16 (CUDA); warp, similarity and regulariser always run in
+    float32 — NCC's local variances are differences of large sums that float16 cannot hold.
+    """
+    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+        u = net(torch.cat([moving, fixed], dim=1))  # (B, ndim, *spatial)
+    u = u.float()
     warped = warp(moving, u)
     if getattr(similarity, "needs_labels", False):  # NCC-sup: linearly warped one-hot labels
         labels = (warp(one_hot(moving_labels, num_classes), u), one_hot(fixed_labels, num_classes))
         d = similarity(warped, fixed, *labels)
     else:
         d = similarity(warped, fixed)
-    r = diffusion_regulariser(u.float())
+    r = diffusion_regulariser(u)
     return d + lam * r, d, r, u
 
 
@@ -338,10 +344,9 @@ def train_registration(
                 moving, fixed, ml, fl = _to(
                     device, *random_crop([moving, fixed, ml, fl], config.crop, generator)
                 )
-                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    loss, d, r, _ = registration_loss(
-                        net, similarity, moving, fixed, ml, fl, config.lam, info.num_classes
-                    )
+                loss, d, r, _ = registration_loss(
+                    net, similarity, moving, fixed, ml, fl, config.lam, info.num_classes, use_amp
+                )
                 scaler.scale(loss / config.accumulation).backward()
                 for key, value in zip(sums, (loss, d, r)):
                     sums[key] += value.item() / (steps_per_epoch * config.accumulation)
