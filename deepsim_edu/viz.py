@@ -93,3 +93,29 @@ def plot_registration(
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def plot_landscape(table, normalise: bool = True) -> Figure:
+    """Metric landscapes from ``landscape.metric_landscape``: one panel per noise level.
+
+    Each curve is a metric's loss against the shift; with ``normalise`` every curve is rescaled
+    to [0, 1] over the shifts of its panel, so that metrics of different scales can be compared
+    by shape: where the minimum sits and how deep it is.
+    """
+    noises = sorted(table["noise"].unique())
+    fig, axes = plt.subplots(1, len(noises), figsize=(3.2 * len(noises), 3), sharey=normalise)
+    axes = np.atleast_1d(axes)
+    for ax, noise in zip(axes, noises):
+        for metric, group in table[table["noise"] == noise].groupby("metric", sort=False):
+            group = group.sort_values("shift")
+            value = group["value"].to_numpy()
+            if normalise:
+                value = (value - value.min()) / max(value.max() - value.min(), 1e-12)
+            ax.plot(group["shift"], value, marker=".", label=metric)
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_title(f"noise σ = {noise:g}", fontsize=9)
+        ax.set_xlabel("shift (voxels)")
+    axes[0].set_ylabel("loss (normalised)" if normalise else "loss")
+    axes[-1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,15 @@ def test_landscape_minimum_and_noise_floor():
         metric_landscape(image, {"ncc-sup": get_loss("ncc-sup")}, shifts=[0])
     with pytest.raises(ValueError, match=r"\(1, 1, \*spatial\)"):
         metric_landscape(image[0], metrics, shifts=[0])
+
+
+def test_landscape_plot_renders():
+    from deepsim_edu.viz import plot_landscape
+
+    x = torch.linspace(0, 4 * math.pi, 32)
+    image = (0.5 + 0.25 * torch.sin(x[None, :]) * torch.cos(x[:, None]))[None, None]
+    table = metric_landscape(image, {"mse": get_loss("mse")}, shifts=[-2, 0, 2], noise=[0.0, 0.1])
+    fig = plot_landscape(table)
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    assert len(fig.axes) == 2 and pixels.std() > 10  # two panels, not blank
