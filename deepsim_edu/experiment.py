@@ -109,6 +109,6 @@ def sweep_lambda(
         rows.append({"lam": lam, "best_val_dice": max(r["val_dice"] for r in log),
                      "last_val_dice": log[-1]["val_dice"], "run": str(run)})  # fmt: skip
     table = pd.DataFrame(rows)
-    table["selected"] = table["best_val_dice"] == table["best_val_dice"].max()
+    table["selected"] = table.index == table["best_val_dice"].idxmax()  # ties: the first λ
     write_csv(root / "sweep.csv", table.to_dict("records"))
     return table

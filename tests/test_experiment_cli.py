@@ -71,3 +71,15 @@ def test_cli_bad_input(data, tmp_path):
         result = cli("train", "--dataset", "phc-u373", "--metric", "mse", "--device", "cuda")
         assert result.returncode == 2 and "CUDA is not available" in result.stderr
     assert not (tmp_path / "out").exists()  # nothing half-written by any of them
+
+
+def test_sweep_lambda_picks_best_validation_dice(data, tmp_path):
+    result = cli("sweep-lambda", "--dataset", "phc-u373", "--metric", "mse",
+                 "--grid", "0.01", "100", "--data", str(data), "--out", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "phc-u373" / "mse" / "sweep.csv")
+    assert table["lam"].tolist() == [0.01, 100.0] and table["selected"].sum() == 1
+    best = table.loc[table["best_val_dice"].idxmax(), "lam"]
+    assert table.loc[table["selected"], "lam"].item() == best
+    assert f"selected λ = {best:g}" in result.stdout
+    assert not (tmp_path / "phc-u373" / "mse" / "sweep" / "lam_100" / "test_results.csv").exists()
