@@ -17,7 +17,8 @@ import torch
 
 from .data.synth import random_displacement, smooth_noise, warp_array
 from .evaluate import dice
-from .losses import diffusion_regulariser, get_loss
+from .losses import get_loss
+from .train import registration_loss
 from .transform import warp
 from .unet import registration_unet
 from .viz import plot_registration
@@ -60,8 +61,7 @@ def run_demo(
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     similarity = get_loss(metric)
     for _ in range(steps):
-        u = net(torch.cat([moving, fixed], dim=1))
-        loss = similarity(warp(moving, u), fixed) + lam * diffusion_regulariser(u)
+        loss, *_ = registration_loss(net, similarity, moving, fixed, None, None, lam, 2)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

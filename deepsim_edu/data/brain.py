@@ -53,9 +53,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import nibabel as nib
@@ -66,7 +63,7 @@ from scipy import ndimage
 
 from .. import __version__
 from ..transform import jacobian_determinant
-from .layout import DatasetInfo, load_info, write_case, write_dataset_json
+from .layout import DatasetInfo, load_info, staging_folder, write_case, write_dataset_json
 from .synth import bias_field, invert_displacement, random_displacement, warp_array
 
 CLASSES = ("background", "CSF", "GM", "WM")
@@ -350,7 +347,7 @@ def make_brain_mri(
         f"noise {noise}, spacing {spacing_mm} mm, shape {list(shape)}, "
         f"subjects {n_train}/{n_val}/{n_test}"
     )
-    if out.exists():
+    if out.exists() and any(out.iterdir()):  # an empty folder (a staging folder) is fine
         if (out / "dataset.json").is_file() and load_info(out).source == source:
             return out
         raise FileExistsError(
@@ -372,10 +369,7 @@ def make_brain_mri(
         source=source,
     )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private
+    with staging_folder(out) as tmp:  # becomes `out` only when complete
         write_case(tmp, "atlas", atlas_t1, atlas_labels, spacing)
         subjects = [case for split in counts for case in splits[split]]
         for i, case in enumerate(subjects):
@@ -385,8 +379,4 @@ def make_brain_mri(
             keep = case not in splits["train"]
             write_case(tmp, case, t1, labels, spacing, displacement=u if keep else None)
         write_dataset_json(tmp, info)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

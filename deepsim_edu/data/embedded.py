@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from .layout import (
     check_dataset_name,
     load_info,
     read_case,
+    staging_folder,
 )
 
 # dataset name -> (module, generator function)
@@ -52,16 +51,9 @@ def ensure_embedded(name: str, data_dir: str | Path = "data", seed: int = 0, **p
     if (target / "dataset.json").is_file() and record.is_file():
         if json.loads(record.read_text()) == request:
             return target
-    data_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=data_dir, prefix=f".{name}."))
-    try:
-        made = make(staging / name, seed=seed, **params)
-        atomic_write_bytes(Path(made) / "generator.json", (json.dumps(request) + "\n").encode())
-        if target.exists():
-            shutil.rmtree(target)
-        Path(made).rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with staging_folder(target) as staging:  # replaces `target` only once generation finished
+        make(staging, seed=seed, **params)
+        atomic_write_bytes(staging / "generator.json", (json.dumps(request) + "\n").encode())
     return target
 
 

@@ -33,7 +33,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -212,6 +215,41 @@ def write_case(
                 f"got {displacement.shape}"
             )
         save_nifti(root / "displacements" / f"{case_id}.nii.gz", displacement, spacing)
+
+
+@contextmanager
+def staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` that becomes ``out`` only if the block finishes.
+
+    On an exception the temporary folder is removed and ``out`` is left as it was; on success
+    an existing ``out`` is replaced, so nobody ever sees a half-written dataset.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the dataset should not be
+    try:
+        yield tmp
+        _swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+    os.replace(out, aside / out.name)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(aside / out.name, out)  # put the old dataset back
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- reading

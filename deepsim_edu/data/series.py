@@ -12,17 +12,12 @@
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .layout import DatasetInfo, save_nifti, write_case, write_dataset_json
+from .layout import DatasetInfo, save_nifti, staging_folder, write_case, write_dataset_json
 from .synth import bias_field, smooth_noise
 
 
@@ -99,38 +94,6 @@ def quantise_displacement(u: np.ndarray, step: float = 1 / 64) -> np.ndarray:
 def quantise(image: np.ndarray, levels: int = 256) -> np.ndarray:
     """Round intensities in [0, 1] to ``levels`` grey levels (float32), as an 8-bit camera does."""
     return (np.round(image * (levels - 1)) / (levels - 1)).astype(np.float32)
-
-
-@contextmanager
-def staging_folder(out: Path) -> Iterator[Path]:
-    """A temporary sibling of ``out`` that becomes ``out`` only if the block finishes.
-
-    On an exception the temporary folder is removed and ``out`` is left as it was; on success
-    an existing ``out`` is replaced, so nobody ever sees a half-written dataset.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
-        yield tmp
-        _swap_in(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful swap
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Rename ``new`` to ``out``; an existing ``out`` is moved aside first and deleted after."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    aside = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
-    os.replace(out, aside / out.name)
-    try:
-        os.replace(new, out)
-    except BaseException:
-        os.replace(aside / out.name, out)  # put the old dataset back
-        raise
-    finally:
-        shutil.rmtree(aside, ignore_errors=True)
 
 
 def write_series_dataset(out: str | Path, info: DatasetInfo, sections: dict[str, Section]) -> Path:
