@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import Tensor
 
@@ -158,3 +159,28 @@ def evaluate_run(
     path = Path(run) / f"{split}_results.csv"
     write_csv(path, rows)
     return path
+
+
+def load_results(results_dir: str | Path, split: str = "test") -> pd.DataFrame:
+    """All per-pair results under a results root: ``<dataset>/<metric>/<split>_results.csv``.
+
+    One row per (dataset, metric, test pair), the columns of ``evaluate_pairs`` plus ``dataset``
+    and ``metric``. λ-sweep runs (``<metric>/sweep/…``) are not included. Raises
+    ``FileNotFoundError`` naming the folder when it holds no results file at all.
+    """
+    root = Path(results_dir)
+    files = sorted(root.glob(f"*/*/{split}_results.csv"))
+    if not files:
+        raise FileNotFoundError(
+            f"no {split}_results.csv under {root}/<dataset>/<metric>/ — run "
+            "`python -m deepsim_edu experiment` (or `evaluate`) first"
+        )
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def load_log(run: str | Path) -> pd.DataFrame:
+    """The per-epoch training log of a run folder (``log.csv``: step, losses, val_dice, …)."""
+    path = Path(run) / "log.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log (is {run} a run folder?)")
+    return pd.read_csv(path)
