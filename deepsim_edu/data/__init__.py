@@ -7,6 +7,7 @@ from .layout import (
     check_dataset_name,
     load_info,
     read_case,
+    read_noise_mask,
     write_case,
     write_dataset_json,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "check_dataset_name",
     "load_info",
     "read_case",
+    "read_noise_mask",
     "write_case",
     "write_dataset_json",
 ]

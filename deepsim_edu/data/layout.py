@@ -337,3 +337,16 @@ def read_displacement(root: str | Path, info: DatasetInfo, case_id: str) -> np.n
         return None
     array, _ = read_nifti(path, info.ndim + 1)
     return array.astype(np.float32)
+
+
+def read_noise_mask(root: str | Path, info: DatasetInfo, case_id: str) -> np.ndarray | None:
+    """Where a case carries strong noise (embedded 2D series): bool ``(*spatial)``, or None.
+
+    The embedded generators save ``noise_masks/<case>.nii.gz`` (1 inside the noisy patches);
+    real datasets have none.
+    """
+    path = Path(root) / "noise_masks" / f"{case_id}.nii.gz"
+    if not path.exists():
+        return None
+    array, _ = read_nifti(path, info.ndim)
+    return array > 0

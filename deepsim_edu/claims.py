@@ -1,0 +1,136 @@
+"""The paper's four claims, each tested by one statistic on a results root.
+
+The paper claims that DeepSim, compared with MSE, NCC, NCC-sup and VGG,
+
+1. has the best mean test Dice on every dataset;
+2. significantly so: one-sided Wilcoxon signed-rank p < 0.05 against every baseline (and a
+   large Cohen's d, d > 0.8, where the paper's table marks ‡);
+3. converges faster, especially early: a higher validation Dice than every baseline at the first
+   validation steps of training (``EARLY_POINTS`` of them, from ``log.csv``);
+4. gives smoother transformations on noisy patches: less folding and a smaller mean |∇u| inside
+   the noisy regions than every baseline (``robustness.noisy_region_smoothness``; only datasets
+   with noise masks, i.e. the embedded 2D series).
+
+``check_claims`` returns one row per claim × dataset × comparison with the statistic, its value
+and whether the claim holds there — the numbers the results chapter prints, with no threshold
+other than the ones stated above.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .evaluate import load_log, load_results
+from .stats import compare_metrics
+
+EARLY_POINTS = 3
+REFERENCE = "deepsim"
+
+
+def _row(claim: int, dataset: str, versus: str, statistic: str, value: float, holds: bool):
+    return {"claim": claim, "dataset": dataset, "versus": versus, "statistic": statistic,
+            "value": float(value), "holds": bool(holds)}  # fmt: skip
+
+
+def best_mean_dice(results: pd.DataFrame) -> list[dict]:
+    """Claim 1: DeepSim's mean test Dice minus each baseline's (holds when > 0)."""
+    rows = []
+    means = results.groupby(["dataset", "metric"])["dice"].mean()
+    for dataset in results["dataset"].unique():
+        ours = means.get((dataset, REFERENCE))
+        if ours is None:
+            continue
+        for metric, value in means[dataset].items():
+            if metric != REFERENCE:
+                delta = ours - value
+                rows.append(_row(1, dataset, metric, "Δ mean test Dice", delta, delta > 0))
+    return rows
+
+
+def significance(results: pd.DataFrame) -> list[dict]:
+    """Claim 2: one-sided Wilcoxon p (holds when < 0.05) and Cohen's d (reported) per baseline."""
+    rows = []
+    table = compare_metrics(results, reference=REFERENCE)
+    for _, r in table[table["metric"] != REFERENCE].iterrows():
+        rows.append(_row(2, r["dataset"], r["metric"], "Wilcoxon p (one-sided)", r["pvalue"],
+                         r["pvalue"] < 0.05))  # fmt: skip
+        rows.append(_row(2, r["dataset"], r["metric"], "Cohen's d", r["d"], r["d"] > 0.8))
+    return rows
+
+
+def early_convergence(results_dir: str | Path, points: int = EARLY_POINTS) -> list[dict]:
+    """Claim 3: DeepSim's validation Dice minus each baseline's at the first ``points`` validations.
+
+    Validation happens every ``steps_per_epoch`` steps (the same for every metric of a preset),
+    so the k-th row of every log is the same gradient step.
+    """
+    rows = []
+    for dataset_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
+        if not (dataset_dir / REFERENCE / "log.csv").is_file():
+            continue
+        ours = load_log(dataset_dir / REFERENCE)
+        for run in sorted(dataset_dir.iterdir()):
+            if run.name in (REFERENCE, "segmentation") or not (run / "log.csv").is_file():
+                continue
+            theirs = load_log(run)
+            for k in range(min(points, len(ours), len(theirs))):
+                step = int(ours["step"].iloc[k])
+                if int(theirs["step"].iloc[k]) != step:
+                    raise ValueError(f"{run}: validation steps differ from {REFERENCE}'s")
+                delta = ours["val_dice"].iloc[k] - theirs["val_dice"].iloc[k]
+                statistic = f"Δ validation Dice at step {step}"
+                rows.append(_row(3, dataset_dir.name, run.name, statistic, delta, delta > 0))
+    return rows
+
+
+def noisy_smoothness(regions: pd.DataFrame) -> list[dict]:
+    """Claim 4: baseline minus DeepSim in folding and mean |∇u| inside the noisy patches."""
+    rows = []
+    means = regions.groupby(["dataset", "metric"])[["folding_inside", "gradient_inside"]].mean()
+    for dataset in regions["dataset"].unique():
+        if (dataset, REFERENCE) not in means.index:
+            continue
+        ours = means.loc[(dataset, REFERENCE)]
+        for metric in means.loc[dataset].index:
+            if metric == REFERENCE:
+                continue
+            theirs = means.loc[(dataset, metric)]
+            for column, name in (("folding_inside", "folding"), ("gradient_inside", "mean |∇u|")):
+                delta = theirs[column] - ours[column]
+                # ties (e.g. no folding for either) do not count as "less folding"
+                rows.append(_row(4, dataset, metric, f"{name} in noisy patches: baseline − DeepSim",
+                                 delta, delta > 0))  # fmt: skip
+    return rows
+
+
+def check_claims(results_dir: str | Path, regions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """All four claims on one results root: columns claim, dataset, versus, statistic, value, holds.
+
+    ``regions``: the output of ``robustness.noisy_region_smoothness`` (for claim 4; a
+    ``noise_regions.csv`` next to the runs is read when not given, and claim 4 is left out when
+    there is neither).
+    """
+    results = load_results(results_dir)
+    rows = best_mean_dice(results) + significance(results) + early_convergence(results_dir)
+    path = Path(results_dir) / "noise_regions.csv"
+    if regions is None and path.is_file():
+        regions = pd.read_csv(path)
+    if regions is not None:
+        rows += noisy_smoothness(regions)
+    return pd.DataFrame(rows)
+
+
+def claim_summary(claims: pd.DataFrame) -> pd.DataFrame:
+    """Per claim × dataset: how many of the comparisons hold (``holds`` / ``of``).
+
+    For claim 2 only the Wilcoxon rows count (d is reported beside it).
+    """
+    counted = claims[~claims["statistic"].eq("Cohen's d")]
+    summary = counted.groupby(["claim", "dataset"])["holds"].agg(holds="sum", of="count")
+    summary["verdict"] = [
+        "holds" if h == n else ("does not hold" if h == 0 else f"partly ({h}/{n})")
+        for h, n in zip(summary["holds"], summary["of"])
+    ]
+    return summary.reset_index()
