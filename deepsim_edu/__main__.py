@@ -2,6 +2,10 @@
 
 python -m deepsim_edu demo [--out results/demo]
 python -m deepsim_edu data --dataset platelet-em [--source embedded|PATH] [--data data]
+python -m deepsim_edu experiment --preset quick
+python -m deepsim_edu table --results results/quick [--format md|latex|csv]
+python -m deepsim_edu figures --results results/quick --out figures/
+python -m deepsim_edu book --preset quick --device cpu
 """
 
 from __future__ import annotations
@@ -116,6 +120,59 @@ def _experiment(args: argparse.Namespace) -> None:
     print(f"results: {root}")
 
 
+def _table(args: argparse.Namespace) -> None:
+    from .stats import folding_table, results_table
+
+    render = {"md": "to_markdown", "latex": "to_latex", "csv": "to_csv"}[args.format]
+    table = results_table(args.results, convention=args.convention)
+    print(getattr(table, render)())
+    if args.folding:
+        print()
+        print(getattr(folding_table(args.results), render)())
+
+
+def _figures(args: argparse.Namespace) -> None:
+    from .viz import save_figures
+
+    for path in save_figures(args.results, args.out, data_dir=args.data):
+        print(path)
+
+
+def _claims(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .claims import check_claims, claim_summary
+    from .robustness import noise_sweep, noisy_region_smoothness
+    from .runs import write_csv
+
+    _check_device(args.device)
+    root = Path(args.results)
+    regions = []
+    for dataset in sorted(p.name for p in root.iterdir() if (p / "segmentation").is_dir()):
+        try:
+            regions.append(noisy_region_smoothness(root, args.data, dataset, device=args.device))
+        except ValueError as exc:  # a dataset without noise masks: no claim-4 rows for it
+            print(f"claim 4 skipped for {dataset}: {exc}")
+    if regions:
+        write_csv(root / "noise_regions.csv", pd.concat(regions).to_dict("records"))
+    if (root / args.sweep_dataset).is_dir():
+        sweep = noise_sweep(root, args.data, args.sweep_dataset, device=args.device)
+        write_csv(root / "noise_sweep.csv", sweep.to_dict("records"))
+    claims = check_claims(root)
+    write_csv(root / "claims.csv", claims.to_dict("records"))
+    print(claim_summary(claims).to_string(index=False))
+    print(f"written: {root / 'claims.csv'}, noise_regions.csv, noise_sweep.csv")
+
+
+def _book(args: argparse.Namespace) -> None:
+    from .book import build_book
+
+    _check_device(args.device)
+    index = build_book(preset=args.preset, device=args.device, data_dir=args.data,
+                       results_dir=args.results, build_dir=args.build)  # fmt: skip
+    print(f"book: {Path(index).resolve()}")
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
     if dataset:
         parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
@@ -201,6 +258,45 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     experiment.add_argument("--vgg", default=None)
     experiment.set_defaults(run=_experiment)
+
+    table = commands.add_parser("table", help="the paper's Table 1 (test Dice, marks) from results")
+    table.add_argument("--results", required=True, help="results root, e.g. results/quick")
+    table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
+    table.add_argument(
+        "--convention",
+        default="foreground",
+        choices=["foreground", "paper"],
+        help="Dice over the foreground classes (ours) or all classes (the paper's code)",
+    )
+    table.add_argument("--no-folding", dest="folding", action="store_false",
+                       help="leave out the second table (folding fraction per metric)")  # fmt: skip
+    table.set_defaults(run=_table)
+
+    figures = commands.add_parser("figures", help="the paper's figures from results, as PNGs")
+    figures.add_argument("--results", required=True, help="results root, e.g. results/quick")
+    figures.add_argument("--out", required=True, help="folder for the PNG files")
+    figures.add_argument("--data", default="data", help="folder holding <dataset>/")
+    figures.set_defaults(run=_figures)
+
+    claims = commands.add_parser(
+        "claims", help="test the paper's four claims on a results root (+ the noise sweep)"
+    )
+    claims.add_argument("--results", required=True, help="results root, e.g. results/default")
+    claims.add_argument("--data", default=None, help="folder holding <dataset>/ (default data/)")
+    claims.add_argument("--device", default="cpu", help="cpu | cuda")
+    claims.add_argument("--sweep-dataset", default="platelet-em", choices=DATASET_NAMES,
+                        help="dataset of the added-noise sweep (σ 0 … 0.5)")  # fmt: skip
+    claims.set_defaults(run=_claims)
+
+    book = commands.add_parser(
+        "book", help="run the experiment if needed, execute every chapter, build the HTML"
+    )
+    book.add_argument("--preset", default="quick", choices=PRESETS)
+    book.add_argument("--device", default="cpu", help="cpu | cuda")
+    book.add_argument("--data", default="data", help="folder holding <dataset>/")
+    book.add_argument("--results", default=None, help="results root (default results/<preset>)")
+    book.add_argument("--build", default="_build", help="build folder")
+    book.set_defaults(run=_book)
     return parser
 
 

@@ -1,0 +1,146 @@
+"""The four claims and the noise-robustness measurements, on hand-made results and nets."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deepsim_edu.claims import check_claims, claim_summary
+from deepsim_edu.data.layout import DatasetInfo, save_nifti, write_case, write_dataset_json
+from deepsim_edu.data.pairs import PairDataset
+from deepsim_edu.robustness import (
+    NoisyPairs,
+    displacement_gradient_norm,
+    noise_sweep,
+    noisy_region_smoothness,
+)
+from deepsim_edu.runs import save_checkpoint, write_csv
+from deepsim_edu.unet import registration_unet
+
+CHANNELS = (4, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """platelet-em stand-in: 32x32 sections; the test sections carry left-half noise masks."""
+    root = tmp_path_factory.mktemp("data") / "platelet-em"
+    gen = torch.Generator().manual_seed(0)
+    splits = {s: [f"{s}_{i}" for i in range(3)] for s in ("train", "val", "test")}
+    for cases in splits.values():
+        for case in cases:
+            label = (torch.rand(32, 32, generator=gen) > 0.5).to(torch.uint8)
+            image = 0.3 + 0.4 * label.float()
+            write_case(root, case, image.numpy(), label.numpy(), [1.0, 1.0])
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :16] = 1
+    save_nifti(root / "noise_masks" / "test_1.nii.gz", mask, [1.0, 1.0])
+    info = DatasetInfo("platelet-em", 2, [1, 1], ["background", "cell"], splits)
+    write_dataset_json(root, info)
+    return root
+
+
+def constant_displacement_run(folder, shift):
+    """A registration run whose net outputs the constant displacement ``shift`` everywhere."""
+    net = registration_unet(2, CHANNELS)
+    last = net.head[-1]
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():
+        last.bias.copy_(torch.tensor(shift))
+    config = {"kind": "registration", "dataset": "platelet-em", "metric": folder.name,
+              "ndim": 2, "encoder_channels": list(CHANNELS), "dropout": 0.0}  # fmt: skip
+    save_checkpoint(folder / "checkpoint.pt", {"model": net.state_dict(), "config": config})
+
+
+def test_gradient_norm_of_linear_field_is_its_slope():
+    # u_0 = a·x_0 + b·x_1, u_1 = 0  →  ∇u = [[a, b], [0, 0]],  |∇u| = sqrt(a² + b²)
+    x0, x1 = torch.meshgrid(torch.arange(9.0), torch.arange(7.0), indexing="ij")
+    u = torch.stack([0.3 * x0 - 0.4 * x1, torch.zeros_like(x0)])[None]
+    assert torch.allclose(displacement_gradient_norm(u), torch.full((1, 9, 7), 0.5), atol=1e-6)
+
+
+def test_noisy_pairs_add_the_same_noise_of_the_stated_sigma(data):
+    pairs = PairDataset(data, "test")
+    clean, noisy = pairs[0], NoisyPairs(pairs, 0.2, seed=3)[0]
+    residual = noisy["fixed"] - clean["fixed"]
+    assert abs(residual.std().item() - 0.2) < 0.02  # 1024 draws: sd error ≈ 0.2/√2048
+    assert torch.equal(NoisyPairs(pairs, 0.2, seed=3)[0]["fixed"], noisy["fixed"])
+    assert torch.equal(noisy["fixed_labels"], clean["fixed_labels"])
+    assert torch.equal(NoisyPairs(pairs, 0.0)[0]["moving"], clean["moving"])
+    with pytest.raises(ValueError, match="sigma must be >= 0"):
+        NoisyPairs(pairs, -0.1)
+
+
+def test_noisy_region_smoothness_and_sweep_on_constant_displacements(data, tmp_path):
+    constant_displacement_run(tmp_path / "platelet-em" / "deepsim", [0.0, 0.0])
+    constant_displacement_run(tmp_path / "platelet-em" / "mse", [0.0, 1.0])
+    regions = noisy_region_smoothness(tmp_path, data.parent, "platelet-em")
+    # pairs (test_0, test_1) and (test_1, test_2) touch the masked case; the union is the left half
+    assert sorted(zip(regions["metric"], regions["moving"])) == [
+        ("deepsim", "test_0"), ("deepsim", "test_1"), ("mse", "test_0"), ("mse", "test_1")
+    ]  # fmt: skip
+    assert np.allclose(regions["noisy_fraction"], 0.5)
+    # a constant u has ∇u = 0 and det ∇Φ = 1 everywhere
+    assert np.allclose(regions[["gradient_inside", "gradient_outside"]], 0.0, atol=1e-6)
+    assert (regions[["folding_inside", "folding_outside"]] == 0).all().all()
+
+    sweep = noise_sweep(tmp_path, data.parent, "platelet-em", sigmas=(0.0, 0.3))
+    assert len(sweep) == 2 * 2 * 2  # metrics × sigmas × test pairs
+    zero = sweep[(sweep.metric == "deepsim") & (sweep.sigma == 0.0)]
+    assert np.allclose(zero["dice"], zero["dice_before"])  # u = 0: labels unchanged
+
+
+def test_noisy_region_smoothness_needs_noise_masks(data, tmp_path):
+    constant_displacement_run(tmp_path / "phc" / "platelet-em" / "deepsim", [0.0, 0.0])
+    bare = tmp_path / "bare"
+    for sub in ("images", "labels"):
+        (bare / sub).mkdir(parents=True)
+        for f in (data / sub).iterdir():
+            (bare / sub / f.name).write_bytes(f.read_bytes())
+    (bare / "dataset.json").write_text((data / "dataset.json").read_text())
+    with pytest.raises(ValueError, match="no test pair has a noise mask"):
+        noisy_region_smoothness(tmp_path / "phc", bare, "platelet-em")
+    with pytest.raises(FileNotFoundError, match="no trained registration run"):
+        noisy_region_smoothness(tmp_path / "nothing", data, "platelet-em")
+
+
+def write_run(root, metric, dice, val_dice):
+    run = root / "platelet-em" / metric
+    write_csv(run / "test_results.csv", [
+        {"dataset": "platelet-em", "metric": metric, "moving": f"t{i}", "fixed": f"t{i + 1}",
+         "dice": d, "dice_before": 0.5, "dice_paper_convention": d, "folding_fraction": 0.0}
+        for i, d in enumerate(dice)
+    ])  # fmt: skip
+    write_csv(run / "log.csv", [{"epoch": k + 1, "step": 50 * (k + 1), "val_dice": v}
+                                for k, v in enumerate(val_dice)])  # fmt: skip
+
+
+def test_claims_on_hand_made_results(tmp_path):
+    # DeepSim beats MSE on all 6 pairs (one-sided exact Wilcoxon p = 1/2^6); NCC beats DeepSim.
+    deepsim = [0.80, 0.82, 0.84, 0.86, 0.88, 0.90]
+    write_run(tmp_path, "deepsim", deepsim, [0.6, 0.7, 0.8, 0.85])
+    mse = [d - 0.01 * (i + 1) for i, d in enumerate(deepsim)]
+    ncc = [d + 0.05 + 0.001 * i for i, d in enumerate(deepsim)]
+    write_run(tmp_path, "mse", mse, [0.5, 0.7, 0.9])
+    write_run(tmp_path, "ncc", ncc, [0.7, 0.6, 0.5])
+    regions = pd.DataFrame([
+        {"dataset": "platelet-em", "metric": "deepsim", "folding_inside": 0.0,
+         "gradient_inside": 0.1},
+        {"dataset": "platelet-em", "metric": "mse", "folding_inside": 0.01, "gradient_inside": 0.3},
+        {"dataset": "platelet-em", "metric": "ncc", "folding_inside": 0.0, "gradient_inside": 0.05},
+    ])  # fmt: skip
+    claims = check_claims(tmp_path, regions).set_index(["claim", "versus", "statistic"])
+    value, holds = claims["value"], claims["holds"]
+    assert value[1, "mse", "Δ mean test Dice"] == pytest.approx(0.035)  # mean of 0.01..0.06
+    assert holds[1, "mse", "Δ mean test Dice"] and not holds[1, "ncc", "Δ mean test Dice"]
+    assert value[2, "mse", "Wilcoxon p (one-sided)"] == pytest.approx(1 / 64)
+    assert value[2, "ncc", "Wilcoxon p (one-sided)"] == pytest.approx(1.0)
+    # early validation: steps 50, 100, 150 against MSE (3 rows: its log is 3 long)
+    assert value[3, "mse", "Δ validation Dice at step 50"] == pytest.approx(0.1)
+    assert not holds[3, "mse", "Δ validation Dice at step 100"]  # a tie is not faster
+    assert value[3, "ncc", "Δ validation Dice at step 150"] == pytest.approx(0.3)
+    assert value[4, "mse", "mean |∇u| in noisy patches: baseline − DeepSim"] == pytest.approx(0.2)
+    assert not holds[4, "ncc", "folding in noisy patches: baseline − DeepSim"]  # tie at 0
+    summary = claim_summary(claims.reset_index()).set_index(["claim", "dataset"])["verdict"]
+    assert summary[1, "platelet-em"] == "partly (1/2)"
+    assert summary[2, "platelet-em"] == "partly (1/2)"
+    assert summary[3, "platelet-em"] == "partly (3/6)"  # mse: 50 ✓ 100 ✗ 150 ✗; ncc: ✗ ✓ ✓
