@@ -140,3 +140,11 @@ def noisy_region_smoothness(
                 "gradient_outside": gradient[~mask].mean().item(),
             })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def summarize_noise_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Mean test Dice per metric (rows) × σ (columns), plus the unregistered Dice as ``before``."""
+    table = sweep.pivot_table(index="metric", columns="sigma", values="dice", aggfunc="mean")
+    table = table.reindex([m for m in METRICS if m in table.index])
+    before = sweep.groupby("sigma")["dice_before"].mean().rename("before")
+    return pd.concat([table, before.to_frame().T])

@@ -289,6 +289,29 @@ _FIGURES = (
 )  # fmt: skip
 
 
+def plot_noise_sweep(sweep) -> Figure:
+    """Test Dice and folding against added noise σ, one curve per metric (mean ± sem over pairs).
+
+    ``sweep``: the table of ``robustness.noise_sweep`` (columns metric, sigma, dice, dice_before,
+    folding_fraction). The dashed grey curve is the unregistered Dice at each σ.
+    """
+    fig = new_figure(figsize=(8, 3.2))
+    ax_dice, ax_fold = fig.subplots(1, 2)
+    for metric, group in sweep.groupby("metric", sort=False):
+        stats = group.groupby("sigma")[["dice", "folding_fraction"]].agg(["mean", "sem"])
+        for ax, column, scale in ((ax_dice, "dice", 1.0), (ax_fold, "folding_fraction", 100.0)):
+            ax.errorbar(stats.index, scale * stats[column]["mean"], scale * stats[column]["sem"],
+                        color=metric_colour(metric), label=METRIC_LABELS.get(metric, metric),
+                        marker="o", markersize=3, capsize=2)  # fmt: skip
+    before = sweep.groupby("sigma")["dice_before"].mean()
+    ax_dice.plot(before.index, before, "--", color="grey", label="before")
+    ax_dice.set(xlabel="added noise σ", ylabel="test Dice", title="Dice vs noise")
+    ax_fold.set(xlabel="added noise σ", ylabel="folding (% voxels)", title="folding vs noise")
+    ax_dice.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def __getattr__(name: str):
     if name in _FIGURES:
         from . import figures
