@@ -139,29 +139,12 @@ def _figures(args: argparse.Namespace) -> None:
 
 
 def _claims(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from .claims import check_claims, claim_summary
-    from .robustness import noise_sweep, noisy_region_smoothness
-    from .runs import write_csv
+    from .claims import claim_summary, run_claims
 
     _check_device(args.device)
-    root = Path(args.results)
-    regions = []
-    for dataset in sorted(p.name for p in root.iterdir() if (p / "segmentation").is_dir()):
-        try:
-            regions.append(noisy_region_smoothness(root, args.data, dataset, device=args.device))
-        except ValueError as exc:  # a dataset without noise masks: no claim-4 rows for it
-            print(f"claim 4 skipped for {dataset}: {exc}")
-    if regions:
-        write_csv(root / "noise_regions.csv", pd.concat(regions).to_dict("records"))
-    if (root / args.sweep_dataset).is_dir():
-        sweep = noise_sweep(root, args.data, args.sweep_dataset, device=args.device)
-        write_csv(root / "noise_sweep.csv", sweep.to_dict("records"))
-    claims = check_claims(root)
-    write_csv(root / "claims.csv", claims.to_dict("records"))
-    print(claim_summary(claims).to_string(index=False))
-    print(f"written: {root / 'claims.csv'}, noise_regions.csv, noise_sweep.csv")
+    tables = run_claims(args.results, args.data, args.device, args.sweep_dataset)
+    print(claim_summary(tables["claims"]).to_string(index=False))
+    print(f"written: claims.csv, noise_regions.csv, noise_sweep.csv in {args.results}")
 
 
 def _book(args: argparse.Namespace) -> None:

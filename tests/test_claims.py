@@ -144,3 +144,21 @@ def test_claims_on_hand_made_results(tmp_path):
     assert summary[1, "platelet-em"] == "partly (1/2)"
     assert summary[2, "platelet-em"] == "partly (1/2)"
     assert summary[3, "platelet-em"] == "partly (3/6)"  # mse: 50 ✓ 100 ✗ 150 ✗; ncc: ✗ ✓ ✓
+
+
+def test_noise_sweep_summary_and_figure():
+    from deepsim_edu.robustness import summarize_noise_sweep
+    from deepsim_edu.viz import plot_noise_sweep
+
+    rows = [{"metric": m, "sigma": s, "moving": f"t{i}", "dice": base - s * (i + 1),
+             "dice_before": 0.5, "folding_fraction": s / 10}
+            for m, base in (("deepsim", 0.9), ("mse", 0.8)) for s in (0.0, 0.5)
+            for i in range(2)]  # fmt: skip
+    table = summarize_noise_sweep(pd.DataFrame(rows))
+    assert list(table.index) == ["mse", "deepsim", "before"]  # METRICS order, then before
+    assert table.loc["deepsim", 0.5] == pytest.approx(0.9 - 0.75)  # mean of 0.9-0.5, 0.9-1.0
+    assert table.loc["before", 0.0] == 0.5
+    fig = plot_noise_sweep(pd.DataFrame(rows))
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
+    assert pixels.std() > 10  # not blank
