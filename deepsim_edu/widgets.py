@@ -39,7 +39,14 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from .data.embedded import resolve_dataset
-from .data.layout import DATASET_NAMES, SPLITS, check_dataset_name, load_info, read_case, read_nifti
+from .data.layout import (
+    DATASET_NAMES,
+    SPLITS,
+    check_dataset_name,
+    load_info,
+    read_case,
+    read_noise_mask,
+)
 from .data.pairs import PairDataset
 from .data.synth import random_displacement
 from .demo import make_demo_pair
@@ -590,8 +597,7 @@ class DatasetBrowser(Explorer):
         if key not in self._cache:
             root, info = self.found[key[0]], self.info
             image, label = read_case(root, info, key[1])
-            mask_path = root / "noise_masks" / f"{key[1]}.nii.gz"
-            mask = read_nifti(mask_path, info.ndim)[0] if mask_path.is_file() else None
+            mask = read_noise_mask(root, info, key[1])
             self._cache = {key: (image, label, mask)}  # one case at a time: 3D volumes are big
         return self._cache[key]
 
@@ -630,7 +636,8 @@ class DatasetBrowser(Explorer):
         show_image(ax, image, label, f"{info.name} {split} {self.value('case') + 1}/{n}: "
                                      f"{self.case_id()}{where}")  # fmt: skip
         if mask is not None and mask.any():
-            ax.contour(mask, levels=[0.5], colors="cyan", linewidths=0.8, linestyles="--")
+            ax.contour(mask.astype(float), levels=[0.5], colors="cyan", linewidths=0.8,
+                       linestyles="--")
         ax.text(0.0, -0.02, "lines: label boundaries"
                 + ("; cyan dashes: noisy patches" if mask is not None else ""),
                 transform=ax.transAxes, fontsize=7, va="top")  # fmt: skip
