@@ -3,7 +3,8 @@
 For every dataset × metric: one training step as ``train_registration`` takes it under the
 ``default`` preset — its channels, batch size, accumulation and training crop (2D 128²,
 Brain-MRI 48×56×48) — with random data and random weights for DeepSim's extractor and VGG.
-Also the segmentation step of each dataset. Prints an estimate of the whole ``experiment --preset default`` grid on this machine.
+Also the segmentation step of each dataset. Prints an estimate of the whole
+``experiment --preset default`` grid on this machine.
 
     python bench/default_preset.py [--device cpu|cuda] [--repeats 2] [--datasets ...]
 """
