@@ -48,3 +48,16 @@ def test_failed_generation_keeps_the_old_dataset(tmp_path, fake_generator):
 def test_unknown_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'lung'.*brain-mri"):
         embedded.ensure_embedded("lung", tmp_path)
+
+
+def test_resolve_dataset_generate_makes_a_missing_dataset_and_keeps_an_existing_one(tmp_path):
+    from deepsim_edu.data.embedded import resolve_dataset
+    from deepsim_edu.data.layout import DatasetError
+
+    with pytest.raises(DatasetError, match="not in the dataset layout"):
+        resolve_dataset("platelet-em", tmp_path)  # no silent generation by default
+    (tmp_path / "platelet-em").mkdir()
+    (tmp_path / "platelet-em" / "mine.txt").write_text("a real dataset being copied")
+    with pytest.raises(DatasetError):  # an existing folder is never replaced
+        resolve_dataset("platelet-em", tmp_path, generate=True)
+    assert (tmp_path / "platelet-em" / "mine.txt").is_file()

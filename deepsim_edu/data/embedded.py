@@ -57,16 +57,22 @@ def ensure_embedded(name: str, data_dir: str | Path = "data", seed: int = 0, **p
     return target
 
 
-def resolve_dataset(dataset: str, data: str | Path | None = None, seed: int = 0) -> Path:
+def resolve_dataset(
+    dataset: str, data: str | Path | None = None, seed: int = 0, generate: bool = False
+) -> Path:
     """The folder of ``dataset``: embedded (generated in ``data/``) when ``data`` is None.
 
     An explicit ``data`` must be a dataset folder of that name, or hold one as
-    ``data/<dataset>/``; anything else is an error, never a silent fallback to generated data.
+    ``data/<dataset>/``; anything else is an error, never a silent fallback to generated data —
+    unless ``generate=True`` (the book's chapters): then a missing ``data/<dataset>/`` is
+    generated there as the embedded dataset (a folder that exists is never replaced).
     """
     check_dataset_name(dataset)
     if data is None:
         return ensure_embedded(dataset, "data", seed=seed)
     data = Path(data)
+    if generate and not (data / "dataset.json").is_file() and not (data / dataset).exists():
+        return ensure_embedded(dataset, data, seed=seed)
     for folder in (data, data / dataset):
         if (folder / "dataset.json").is_file():
             info = load_info(folder)
