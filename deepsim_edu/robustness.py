@@ -14,11 +14,18 @@ root (``<root>/<dataset>/<metric>/checkpoint.pt``):
       |∇u|(x) = ‖∇Φ(x) − Id‖_F = sqrt(Σ_ij (∂u_i/∂x_j)²)   (central differences),
 
   the quantity the paper's Figure 2b shows by eye: a metric that follows noise makes u rough
-  there.
+  there. Where the generator stored the true displacement u* (``displacements/``), also
+
+      roughness error  ‖∇u − ∇u*‖_F   (the part of |∇u| that the true motion does not have)
+      endpoint error   ‖u − u*‖₂      (how far the predicted correspondence is off, in pixels)
+
+  because a small |∇u| alone also rewards a net that does not move at all: the noise is laid
+  over the tissue without changing its motion, so the truth is as smooth there as elsewhere.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -27,12 +34,13 @@ from torch.utils.data import Dataset
 
 from .config import METRICS
 from .data.embedded import resolve_dataset
-from .data.layout import read_noise_mask
+from .data.layout import read_displacement, read_noise_mask
 from .data.pairs import PairDataset
 from .evaluate import evaluate_pairs, load_registration_net
 from .transform import jacobian_matrix
 
 NOISE_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+TRUTH_QUANTITIES = ("gradient_error", "endpoint_error", "true_gradient")  # need u*
 
 
 class NoisyPairs(Dataset):
@@ -99,11 +107,15 @@ def noisy_region_smoothness(
     results_dir: str | Path, data_dir: str | Path | None = None, dataset: str = "platelet-em",
     metrics=None, device: str = "cpu",
 ) -> pd.DataFrame:  # fmt: skip
-    """Folding and mean |∇u| inside vs outside the noisy patches, per metric × test pair.
+    """Folding, |∇u| and the errors against u* inside vs outside the noisy patches.
 
-    Only pairs where the noisy area (moving ∪ fixed mask) is non-empty are scored. Columns:
-    ``metric, moving, fixed, noisy_fraction, folding_inside, folding_outside, gradient_inside,
-    gradient_outside``. Raises ``ValueError`` when the dataset has no noise masks (real data).
+    One row per metric × test pair; only pairs where the noisy area (moving ∪ fixed mask) is
+    non-empty are scored. Columns: ``metric, moving, fixed, noisy_fraction``, and
+    ``<quantity>_inside`` / ``<quantity>_outside`` (means over the pixels of each area) for
+    ``folding``, ``gradient`` (|∇u|) and, where the true displacement u* of the pair is stored,
+    ``gradient_error`` (‖∇u − ∇u*‖_F), ``endpoint_error`` (‖u − u*‖₂) and ``true_gradient``
+    (|∇u*|); NaN where it is not. Raises ``ValueError`` when the dataset has no noise masks
+    (real data).
     """
     root = resolve_dataset(dataset, data_dir)
     pairs = PairDataset(root, "test")
@@ -121,6 +133,10 @@ def noisy_region_smoothness(
             masks[index] = mask
     if not masks:
         raise ValueError(f"{root}: no test pair has a noise mask (noise_masks/): nothing to score")
+    truths = {}
+    for index in masks:
+        truth = read_displacement(root, pairs.info, pairs.pairs[index][0])
+        truths[index] = None if truth is None else torch.from_numpy(truth)[None].float()
     rows = []
     for metric, run in trained_runs(results_dir, dataset, metrics).items():
         net, _ = load_registration_net(run, device)
@@ -128,17 +144,28 @@ def noisy_region_smoothness(
             item = pairs[index]
             u = net(torch.cat([item["moving"][None], item["fixed"][None]], 1).to(device))
             u = u.float().cpu()
-            gradient = displacement_gradient_norm(u)[0]
-            folds = torch.linalg.det(jacobian_matrix(u))[0] <= 0
-            rows.append({
-                "dataset": dataset, "metric": metric,
-                "moving": item["moving_id"], "fixed": item["fixed_id"],
+            maps = {  # (H, W) per quantity
+                "folding": (torch.linalg.det(jacobian_matrix(u))[0] <= 0).float(),
+                "gradient": displacement_gradient_norm(u)[0],
+            }
+            truth = truths[index]
+            if truth is not None:
+                jac_error = jacobian_matrix(u) - jacobian_matrix(truth)
+                maps["gradient_error"] = jac_error.square().sum(dim=(-2, -1)).sqrt()[0]
+                maps["endpoint_error"] = (u - truth).square().sum(dim=1).sqrt()[0]
+                maps["true_gradient"] = displacement_gradient_norm(truth)[0]
+            row = {
+                "dataset": dataset,
+                "metric": metric,
+                "moving": item["moving_id"],
+                "fixed": item["fixed_id"],
                 "noisy_fraction": mask.float().mean().item(),
-                "folding_inside": folds[mask].float().mean().item(),
-                "folding_outside": folds[~mask].float().mean().item(),
-                "gradient_inside": gradient[mask].mean().item(),
-                "gradient_outside": gradient[~mask].mean().item(),
-            })  # fmt: skip
+            }
+            for name in ("folding", "gradient", *TRUTH_QUANTITIES):
+                values = maps.get(name)
+                row[f"{name}_inside"] = math.nan if values is None else values[mask].mean().item()
+                row[f"{name}_outside"] = math.nan if values is None else values[~mask].mean().item()
+            rows.append(row)
     return pd.DataFrame(rows)
 
 

@@ -34,6 +34,13 @@ def data(tmp_path_factory):
     mask = np.zeros((32, 32), np.uint8)
     mask[:, :16] = 1
     save_nifti(root / "noise_masks" / "test_1.nii.gz", mask, [1.0, 1.0])
+    # true displacements u* of the test pairs (test_0 → test_1: constant (0, 1);
+    # test_1 → test_2: u*_1 = 0.05·x_0, a shear with ∂u*_1/∂x_0 = 0.05)
+    x0 = np.arange(32.0)[:, None] * np.ones((1, 32))
+    truths = {"test_0": np.stack([np.zeros((32, 32)), np.ones((32, 32))]),
+              "test_1": np.stack([np.zeros((32, 32)), 0.05 * x0])}  # fmt: skip
+    for case, truth in truths.items():
+        save_nifti(root / "displacements" / f"{case}.nii.gz", truth.astype(np.float32), [1.0, 1.0])
     info = DatasetInfo("platelet-em", 2, [1, 1], ["background", "cell"], splits)
     write_dataset_json(root, info)
     return root
@@ -82,6 +89,20 @@ def test_noisy_region_smoothness_and_sweep_on_constant_displacements(data, tmp_p
     # a constant u has ∇u = 0 and det ∇Φ = 1 everywhere
     assert np.allclose(regions[["gradient_inside", "gradient_outside"]], 0.0, atol=1e-6)
     assert (regions[["folding_inside", "folding_outside"]] == 0).all().all()
+    # against u*: a constant u has ∇u = 0, so its roughness error is |∇u*| (0, then 0.05)
+    by = regions.set_index(["metric", "moving"])
+    for metric in ("deepsim", "mse"):
+        assert by.loc[(metric, "test_0"), "gradient_error_inside"] == pytest.approx(0, abs=1e-6)
+        assert by.loc[(metric, "test_1"), "gradient_error_inside"] == pytest.approx(0.05, abs=1e-6)
+        assert by.loc[(metric, "test_1"), "true_gradient_outside"] == pytest.approx(0.05, abs=1e-6)
+    # endpoint error: mse's u = (0, 1) is exact on test_0; deepsim's u = 0 is 1 px off there
+    assert by.loc[("mse", "test_0"), "endpoint_error_inside"] == pytest.approx(0, abs=1e-6)
+    assert by.loc[("deepsim", "test_0"), "endpoint_error_outside"] == pytest.approx(1, abs=1e-6)
+    # on test_1 the error is |u_1 − 0.05·x_0|, the same in every column x_1 (inside = outside)
+    rows = np.arange(32.0)
+    assert by.loc[("deepsim", "test_1"), "endpoint_error_inside"] == pytest.approx(0.775)
+    expected = np.abs(1 - 0.05 * rows).mean()
+    assert by.loc[("mse", "test_1"), "endpoint_error_inside"] == pytest.approx(expected, abs=1e-5)
 
     sweep = noise_sweep(tmp_path, data.parent, "platelet-em", sigmas=(0.0, 0.3))
     assert len(sweep) == 2 * 2 * 2  # metrics × sigmas × test pairs
@@ -124,9 +145,11 @@ def test_claims_on_hand_made_results(tmp_path):
     write_run(tmp_path, "ncc", ncc, [0.7, 0.6, 0.5])
     regions = pd.DataFrame([
         {"dataset": "platelet-em", "metric": "deepsim", "folding_inside": 0.0,
-         "gradient_inside": 0.1},
-        {"dataset": "platelet-em", "metric": "mse", "folding_inside": 0.01, "gradient_inside": 0.3},
-        {"dataset": "platelet-em", "metric": "ncc", "folding_inside": 0.0, "gradient_inside": 0.05},
+         "gradient_inside": 0.1, "endpoint_error_inside": 0.5},
+        {"dataset": "platelet-em", "metric": "mse", "folding_inside": 0.01, "gradient_inside": 0.3,
+         "endpoint_error_inside": 0.4},
+        {"dataset": "platelet-em", "metric": "ncc", "folding_inside": 0.0, "gradient_inside": 0.05,
+         "endpoint_error_inside": float("nan")},
     ])  # fmt: skip
     claims = check_claims(tmp_path, regions).set_index(["claim", "versus", "statistic"])
     value, holds = claims["value"], claims["holds"]
@@ -140,6 +163,14 @@ def test_claims_on_hand_made_results(tmp_path):
     assert value[3, "ncc", "Δ validation Dice at step 150"] == pytest.approx(0.3)
     assert value[4, "mse", "mean |∇u| in noisy patches: baseline − DeepSim"] == pytest.approx(0.2)
     assert not holds[4, "ncc", "folding in noisy patches: baseline − DeepSim"]  # tie at 0
+    assert value[4, "mse", "mean ‖u − u*‖ in noisy patches: baseline − DeepSim"] == pytest.approx(
+        -0.1
+    )  # smoother but further from the truth: the error measure does not hold
+    assert not holds[4, "mse", "mean ‖u − u*‖ in noisy patches: baseline − DeepSim"]
+    assert (4, "ncc", "mean ‖u − u*‖ in noisy patches: baseline − DeepSim") not in claims.index
+    assert "mean ‖∇u − ∇u*‖ in noisy patches: baseline − DeepSim" not in set(
+        claims.reset_index()["statistic"]
+    )  # no such column: no rows
     summary = claim_summary(claims.reset_index()).set_index(["claim", "dataset"])["verdict"]
     assert summary[1, "platelet-em"] == "partly (1/2)"
     assert summary[2, "platelet-em"] == "partly (1/2)"
