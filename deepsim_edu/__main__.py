@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--steps", type=int, default=300)
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(handler=_demo)
 
     data = commands.add_parser(
         "data", help="make (embedded) or check (PATH) a dataset; one line per split"
@@ -205,25 +205,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="noise level of the embedded generator (0 = the easy, clean case)",
     )
-    data.set_defaults(run=_data)
+    data.set_defaults(handler=_data)
 
     seg = commands.add_parser("train-seg", help="train the segmentation net (DeepSim's extractor)")
     _add_run_arguments(seg)
-    seg.set_defaults(run=_train_seg)
+    seg.set_defaults(handler=_train_seg)
 
     train = commands.add_parser("train", help="train + test one registration run")
     _add_run_arguments(train)
     train.add_argument("--metric", required=True, choices=METRICS)
     train.add_argument("--lam", type=float, default=None, help="λ of Eq. 1 (default: the preset's)")
     train.add_argument("--vgg", default=None, help="VGG16 weights (default data/vgg16_conv.pt)")
-    train.set_defaults(run=_train)
+    train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run, one CSV row per pair")
     _add_run_arguments(evaluate)
     evaluate.add_argument("--metric", required=True, choices=METRICS)
     evaluate.add_argument("--split", default="test", choices=["val", "test"])
     evaluate.add_argument("--run", default=None, help="run folder (default from --out/--preset)")
-    evaluate.set_defaults(run=_evaluate)
+    evaluate.set_defaults(handler=_evaluate)
 
     sweep = commands.add_parser("sweep-lambda", help="pick λ on the validation set (log2 grid)")
     _add_run_arguments(sweep)
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grid", type=float, nargs="+", default=None,
                        help="λ values (default: the paper's λ × 2^k, k = -2..2)")  # fmt: skip
     sweep.add_argument("--vgg", default=None)
-    sweep.set_defaults(run=_sweep)
+    sweep.set_defaults(handler=_sweep)
 
     experiment = commands.add_parser("experiment", help="the whole grid: datasets × metrics")
     _add_run_arguments(experiment, dataset=False)
@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     experiment.add_argument("--vgg", default=None)
-    experiment.set_defaults(run=_experiment)
+    experiment.set_defaults(handler=_experiment)
 
     table = commands.add_parser("table", help="the paper's Table 1 (test Dice, marks) from results")
     table.add_argument("--results", required=True, help="results root, e.g. results/quick")
@@ -253,13 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.add_argument("--no-folding", dest="folding", action="store_false",
                        help="leave out the second table (folding fraction per metric)")  # fmt: skip
-    table.set_defaults(run=_table)
+    table.set_defaults(handler=_table)
 
     figures = commands.add_parser("figures", help="the paper's figures from results, as PNGs")
     figures.add_argument("--results", required=True, help="results root, e.g. results/quick")
     figures.add_argument("--out", required=True, help="folder for the PNG files")
     figures.add_argument("--data", default="data", help="folder holding <dataset>/")
-    figures.set_defaults(run=_figures)
+    figures.set_defaults(handler=_figures)
 
     claims = commands.add_parser(
         "claims", help="test the paper's four claims on a results root (+ the noise sweep)"
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     claims.add_argument("--device", default="cpu", help="cpu | cuda")
     claims.add_argument("--sweep-dataset", default="platelet-em", choices=DATASET_NAMES,
                         help="dataset of the added-noise sweep (σ 0 … 0.5)")  # fmt: skip
-    claims.set_defaults(run=_claims)
+    claims.set_defaults(handler=_claims)
 
     book = commands.add_parser(
         "book", help="run the experiment if needed, execute every chapter, build the HTML"
@@ -279,14 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--data", default="data", help="folder holding <dataset>/")
     book.add_argument("--results", default=None, help="results root (default results/<preset>)")
     book.add_argument("--build", default="_build", help="build folder")
-    book.set_defaults(run=_book)
+    book.set_defaults(handler=_book)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        args.handler(args)
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,3 +83,14 @@ def test_sweep_lambda_picks_best_validation_dice(data, tmp_path):
     assert table.loc[table["selected"], "lam"].item() == best
     assert f"selected λ = {best:g}" in result.stdout
     assert not (tmp_path / "phc-u373" / "mse" / "sweep" / "lam_100" / "test_results.csv").exists()
+    # the selected run, tested through `evaluate --run`; without --run the preset's folder is
+    # used, and here it has no checkpoint: an error that names it, exit code 2
+    selected = tmp_path / "phc-u373" / "mse" / "sweep" / f"lam_{best:g}"
+    args = ["evaluate", "--dataset", "phc-u373", "--metric", "mse", "--data", str(data)]
+    result = cli(*args, "--run", str(selected))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = pd.read_csv(selected / "test_results.csv")
+    assert len(rows) == 3 and rows["dice"].between(0, 1).all()
+    result = cli(*args, "--out", str(tmp_path / "empty"))
+    assert result.returncode == 2
+    assert str(tmp_path / "empty" / "phc-u373" / "mse" / "checkpoint.pt") in result.stderr
