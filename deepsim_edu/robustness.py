@@ -40,7 +40,7 @@ from .evaluate import evaluate_pairs, load_registration_net
 from .transform import jacobian_matrix
 
 NOISE_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
-TRUTH_QUANTITIES = ("gradient_error", "endpoint_error", "true_gradient")  # need u*
+TRUTH_QUANTITIES = ("gradient_error", "endpoint_error", "true_gradient", "true_magnitude")
 
 
 class NoisyPairs(Dataset):
@@ -113,8 +113,9 @@ def noisy_region_smoothness(
     non-empty are scored. Columns: ``metric, moving, fixed, noisy_fraction``, and
     ``<quantity>_inside`` / ``<quantity>_outside`` (means over the pixels of each area) for
     ``folding``, ``gradient`` (|∇u|) and, where the true displacement u* of the pair is stored,
-    ``gradient_error`` (‖∇u − ∇u*‖_F), ``endpoint_error`` (‖u − u*‖₂) and ``true_gradient``
-    (|∇u*|); NaN where it is not. Raises ``ValueError`` when the dataset has no noise masks
+    ``gradient_error`` (‖∇u − ∇u*‖_F), ``endpoint_error`` (‖u − u*‖₂), ``true_gradient``
+    (|∇u*|) and ``true_magnitude`` (‖u*‖₂, the endpoint error of not registering); NaN where
+    it is not. Raises ``ValueError`` when the dataset has no noise masks
     (real data).
     """
     root = resolve_dataset(dataset, data_dir)
@@ -154,6 +155,7 @@ def noisy_region_smoothness(
                 maps["gradient_error"] = jac_error.square().sum(dim=(-2, -1)).sqrt()[0]
                 maps["endpoint_error"] = (u - truth).square().sum(dim=1).sqrt()[0]
                 maps["true_gradient"] = displacement_gradient_norm(truth)[0]
+                maps["true_magnitude"] = truth.square().sum(dim=1).sqrt()[0]  # u = 0's error
             row = {
                 "dataset": dataset,
                 "metric": metric,

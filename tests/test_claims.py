@@ -98,6 +98,7 @@ def test_noisy_region_smoothness_and_sweep_on_constant_displacements(data, tmp_p
     # endpoint error: mse's u = (0, 1) is exact on test_0; deepsim's u = 0 is 1 px off there
     assert by.loc[("mse", "test_0"), "endpoint_error_inside"] == pytest.approx(0, abs=1e-6)
     assert by.loc[("deepsim", "test_0"), "endpoint_error_outside"] == pytest.approx(1, abs=1e-6)
+    assert by.loc[("mse", "test_0"), "true_magnitude_inside"] == pytest.approx(1, abs=1e-6)
     # on test_1 the error is |u_1 − 0.05·x_0|, the same in every column x_1 (inside = outside)
     rows = np.arange(32.0)
     assert by.loc[("deepsim", "test_1"), "endpoint_error_inside"] == pytest.approx(0.775)
