@@ -221,12 +221,6 @@ def _to(device: str, *tensors: Tensor) -> list[Tensor]:
     return [t.pin_memory().to(device, non_blocking=True) for t in tensors]
 
 
-def gradient_norm(net: torch.nn.Module) -> float:
-    """The global L2 norm of the parameters' gradients, ‖(∂L/∂θ)‖₂."""
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
-
-
 def sample_pairs(store: CaseStore, pairs: list[tuple[str, str]], batch_size: int, generator):
     """A random batch of pairs: moving, fixed ``(B, 1, *spatial)`` and their labels."""
     picks = torch.randint(len(pairs), (batch_size,), generator=generator).tolist()
@@ -337,7 +331,7 @@ def train_registration(
         net.train()
         pairs = training_pairs(info, "train", epoch, config.seed)  # neighbours redrawn per epoch
         started, sums = time.perf_counter(), {"loss": 0.0, "similarity": 0.0, "regulariser": 0.0}
-        grad_norm_max = 0.0  # the largest gradient norm of the epoch (before clipping)
+        grad_norm_max = 0.0  # the largest ‖∂L/∂θ‖₂ of the epoch: a divergence shows here
         for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
             optimiser.zero_grad(set_to_none=True)
             for micro in range(config.accumulation):
@@ -357,8 +351,9 @@ def train_registration(
                 scaler.scale(loss / config.accumulation).backward()
                 for key, value in zip(sums, (loss, d, r)):
                     sums[key] += value.item() / (steps_per_epoch * config.accumulation)
-            scaler.unscale_(optimiser)  # the true gradient, for its norm (a divergence shows here)
-            grad_norm_max = max(grad_norm_max, gradient_norm(net))
+            scaler.unscale_(optimiser)  # the true gradient (undo the fp16 loss scaling)
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            grad_norm_max = max(grad_norm_max, torch.nn.utils.get_total_norm(grads).item())
             scaler.step(optimiser)
             scaler.update()
             bar.update()

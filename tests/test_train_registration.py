@@ -11,7 +11,7 @@ from deepsim_edu.data.layout import DatasetInfo, write_case, write_dataset_json
 from deepsim_edu.data.pairs import PairDataset
 from deepsim_edu.evaluate import evaluate_pairs
 from deepsim_edu.runs import load_checkpoint
-from deepsim_edu.train import gradient_norm, train_registration
+from deepsim_edu.train import train_registration
 from deepsim_edu.unet import registration_unet
 
 
@@ -63,13 +63,6 @@ def test_learns_and_logs(moving_squares, tmp_path):
     assert checkpoint["finished"] and checkpoint["config"]["metric"] == "mse"
     # a finished run returns its log at once
     assert train_registration(moving_squares, tmp_path, config, progress=False) == log
-
-
-def test_gradient_norm_is_the_global_l2_norm():
-    net = torch.nn.Linear(2, 1)
-    net.weight.grad = torch.tensor([[3.0, 0.0]])
-    net.bias.grad = torch.tensor([4.0])
-    assert gradient_norm(net) == pytest.approx(5.0)  # sqrt(3² + 0² + 4²)
 
 
 def test_killed_run_resumes_to_the_same_weights(moving_squares, tmp_path, monkeypatch):
