@@ -53,16 +53,14 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-from .layout import DatasetInfo
 from .series import (
     Section,
     add_noise,
     check_noise,
-    keep_test_displacements,
     quantise,
     quantise_displacement,
     series_rngs,
-    write_series_dataset,
+    write_series,
 )
 from .synth import bias_field, smooth_noise
 
@@ -338,26 +336,16 @@ def make_phc_u373(
         raise ValueError(f"n_valtest must be at least 6 frames (2 val, 2 test), got {n_valtest}")
     train_rng, valtest_rng = series_rngs(seed)
     val, test = valtest_frames(n_valtest)
-    train_frames = simulate_sequence(n_train, size, noise, train_rng, displacements=False)
-    valtest = simulate_sequence(n_valtest, size, noise, valtest_rng)
-    sections = {f"train_{t:03d}": frame for t, frame in enumerate(train_frames)}
-    sections |= {f"vt_{t:03d}": valtest[t] for t in [*val, *test]}
-    splits = {
-        "train": [f"train_{t:03d}" for t in range(n_train)],
-        "val": [f"vt_{t:03d}" for t in val],
-        "test": [f"vt_{t:03d}" for t in test],
-    }
-    keep_test_displacements(splits, sections)
-    info = DatasetInfo(
-        name="phc-u373",
-        ndim=2,
-        spacing=[1.0, 1.0],
-        classes=list(CLASSES),
-        splits=splits,
-        pairing={"rule": "neighbours", "max_offset": 2},
+    return write_series(
+        out,
+        "phc-u373",
+        CLASSES,
+        train=simulate_sequence(n_train, size, noise, train_rng, displacements=False),
+        valtest=simulate_sequence(n_valtest, size, noise, valtest_rng),
+        val=val,
+        test=test,
         source=(
             f"embedded: deepsim_edu.data.phc.make_phc_u373(seed={seed}, noise={noise}, "
             f"size={size}, n_train={n_train}, n_valtest={n_valtest})"
         ),
     )
-    return write_series_dataset(out, info, sections)

@@ -32,7 +32,7 @@ claim needs it.
    case from the same seed (same anatomy, same distortions); ``noise=1`` is the default;
    larger values make the stress test of a noise sweep.
 
-``add_noise``, ``Section`` and the atomic writer ``write_series_dataset`` live in ``series.py``
+``add_noise``, ``Section`` and the writer ``write_series`` live in ``series.py``
 (shared with ``phc.py``). At the defaults (256², 50 + 24 sections) generation takes about 8 s
 on 2 CPU cores and the folder about 12 MB.
 
@@ -62,16 +62,14 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter, grey_dilation, grey_erosion
 
-from .layout import DatasetInfo
 from .series import (
     Section,
     add_noise,
     check_noise,
-    keep_test_displacements,
     quantise,
     quantise_displacement,
     series_rngs,
-    write_series_dataset,
+    write_series,
 )
 from .synth import (
     compose_displacements,
@@ -352,29 +350,17 @@ def make_platelet_em(
     if n_valtest < 4:
         raise ValueError(f"n_valtest must be at least 4 sections (2 val + 2 test), got {n_valtest}")
     train_rng, valtest_rng = series_rngs(seed)
-    sections = {
-        f"train_{i:03d}": s for i, s in enumerate(simulate_stack(n_train, size, noise, train_rng))
-    }
-    sections |= {
-        f"vt_{i:03d}": s for i, s in enumerate(simulate_stack(n_valtest, size, noise, valtest_rng))
-    }
     n_val = n_valtest // 2
-    splits = {
-        "train": [f"train_{i:03d}" for i in range(n_train)],
-        "val": [f"vt_{i:03d}" for i in range(n_val)],
-        "test": [f"vt_{i:03d}" for i in range(n_val, n_valtest)],
-    }
-    keep_test_displacements(splits, sections)
-    info = DatasetInfo(
-        name="platelet-em",
-        ndim=2,
-        spacing=[1.0, 1.0],
-        classes=list(CLASSES),
-        splits=splits,
-        pairing={"rule": "neighbours", "max_offset": 2},
+    return write_series(
+        out,
+        "platelet-em",
+        CLASSES,
+        train=simulate_stack(n_train, size, noise, train_rng),
+        valtest=simulate_stack(n_valtest, size, noise, valtest_rng),
+        val=range(n_val),
+        test=range(n_val, n_valtest),
         source=(
             f"embedded: deepsim_edu.data.platelet.make_platelet_em(seed={seed}, "
             f"noise={noise}, size={size}, n_train={n_train}, n_valtest={n_valtest})"
         ),
     )
-    return write_series_dataset(out, info, sections)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,43 @@ def keep_test_displacements(splits: dict[str, list[str]], sections: dict[str, Se
     for case, section in sections.items():
         if case not in keep:
             section.displacement = None
+
+
+def write_series(
+    out: str | Path,
+    name: str,
+    classes: Sequence[str],
+    train: list[Section],
+    valtest: list[Section],
+    val: Sequence[int],
+    test: Sequence[int],
+    source: str,
+) -> Path:
+    """Name, split and write a 2D series dataset: what Platelet-EM and PhC-U373 share.
+
+    The training series becomes ``train_000, train_001, …``; sections ``val`` and ``test`` of
+    the second series (indices into ``valtest``; others are left out) become ``vt_000, …``.
+    Pairs are neighbours up to ±2 apart (the paper's rule); only the val/test displacements
+    are kept. Returns ``out``.
+    """
+    sections = {f"train_{i:03d}": s for i, s in enumerate(train)}
+    sections |= {f"vt_{i:03d}": valtest[i] for i in [*val, *test]}
+    splits = {
+        "train": [f"train_{i:03d}" for i in range(len(train))],
+        "val": [f"vt_{i:03d}" for i in val],
+        "test": [f"vt_{i:03d}" for i in test],
+    }
+    keep_test_displacements(splits, sections)
+    info = DatasetInfo(
+        name=name,
+        ndim=2,
+        spacing=[1.0, 1.0],
+        classes=list(classes),
+        splits=splits,
+        pairing={"rule": "neighbours", "max_offset": 2},
+        source=source,
+    )
+    return write_series_dataset(out, info, sections)
 
 
 def series_rngs(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
