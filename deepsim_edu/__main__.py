@@ -42,13 +42,13 @@ def _data(args: argparse.Namespace) -> None:
 def _train_seg(args: argparse.Namespace) -> None:
     from .config import segmentation_config
     from .data.embedded import resolve_dataset
-    from .experiment import results_root
+    from .runs import results_root, segmentation_folder
     from .train import train_segmentation
 
     _check_device(args.device)
     config = segmentation_config(args.dataset, args.preset, seed=args.seed)
     root = resolve_dataset(args.dataset, args.data)
-    out = results_root(args.preset, args.out) / args.dataset / "segmentation"
+    out = segmentation_folder(results_root(args.preset, args.out), args.dataset)
     last = train_segmentation(root, out, config, device=args.device)
     print(f"segmentation {args.dataset} ({args.preset}): epoch {last['epoch']}, "
           f"validation foreground Dice {last['val_dice']:.3f}")  # fmt: skip
@@ -76,7 +76,9 @@ def _train(args: argparse.Namespace) -> None:
 def _print_run(run: Path) -> None:
     import pandas as pd
 
-    results = pd.read_csv(run / "test_results.csv")
+    from .runs import results_file
+
+    results = pd.read_csv(results_file(run))
     print(
         f"{run}: test Dice {results['dice'].mean():.3f} ± {results['dice'].std():.3f} "
         f"(before {results['dice_before'].mean():.3f}), folding "
@@ -87,18 +89,18 @@ def _print_run(run: Path) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from .data.embedded import resolve_dataset
     from .evaluate import evaluate_run
-    from .experiment import results_root
+    from .runs import results_root, run_folder
 
     _check_device(args.device)
     run = (
         Path(args.run)
         if args.run
-        else results_root(args.preset, args.out) / args.dataset / args.metric
+        else run_folder(results_root(args.preset, args.out), args.dataset, args.metric)
     )
-    evaluate_run(run, resolve_dataset(args.dataset, args.data), args.split, args.device)
+    path = evaluate_run(run, resolve_dataset(args.dataset, args.data), args.split, args.device)
     if args.split == "test":
         _print_run(run)
-    print(f"results: {run / f'{args.split}_results.csv'}")
+    print(f"results: {path}")
 
 
 def _sweep(args: argparse.Namespace) -> None:
@@ -132,7 +134,7 @@ def _table(args: argparse.Namespace) -> None:
 
 
 def _figures(args: argparse.Namespace) -> None:
-    from .viz import save_figures
+    from .figures import save_figures
 
     for path in save_figures(args.results, args.out, data_dir=args.data):
         print(path)
@@ -215,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_arguments(train)
     train.add_argument("--metric", required=True, choices=METRICS)
     train.add_argument("--lam", type=float, default=None, help="λ of Eq. 1 (default: the preset's)")
-    train.add_argument("--vgg", default=None, help="VGG16 weights (default data/vgg16_conv.pt)")
+    train.add_argument("--vgg", default=None, help="VGG16 weights file (default: "
+                       "features.vgg_weights_path(), data/vgg16_conv.pt)")  # fmt: skip
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run, one CSV row per pair")

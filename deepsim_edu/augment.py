@@ -1,17 +1,27 @@
 """Training-time augmentation: one random affine per batch (the paper's), and additive noise.
 
 The paper's code draws **one** random affine transformation per batch and applies it to every
-image and label map of the batch (moving, fixed and their labels alike, so a pair stays a pair):
+image and label map of the batch (moving, fixed and their labels alike, so a pair stays a pair).
+Its ranges (DeepSimRegistration: src/common_lightning_model.py, ``make_dataloader``, and
+torchreg/transforms/random_augmentation.py, ``RandomAffine``):
 
-* 2D datasets: rotation ±180°, shift ±1 voxel, scale 0.8–1.2, a small shear, flips;
-* Brain-MRI: rotation ±5° about each axis, a left-right flip.
+* 2D datasets: rotation ±180°, shift ±1 voxel, scale 0.8–1.2 per axis, shear ±0.03 (every
+  off-diagonal entry), a flip of every axis with probability 1/2 each. (The shift is configured
+  there but lost in effect: ``AffineSpatialTransformer`` in torchreg/nn/layers.py multiplies
+  row vectors by the homogeneous matrix, which drops its translation column. We keep the
+  configured ±1 voxel.)
+* Brain-MRI: rotation ±5° about each of the three axes, a flip of every axis (no shift, scale
+  or shear).
+
+Voxels that come from outside the image are **zeros** (``padding_mode="zeros"`` in
+``RandomAffine.apply_affine``), for images and label maps alike (label 0 = background).
 
 The affine map A acts about the image centre c: x ↦ A (x − c) + c + t. We turn it into a
 displacement u(x) = A (x − c) + c + t − x and apply it with ``transform.warp`` — linear for
 images, nearest for labels — so augmentation uses the same spatial transformer as registration.
 
-Noise augmentation (ours, see DESIGN.md): DeepSim credits the segmentation net's *learned noise
-invariance*; adding Gaussian noise of a random level to its training images teaches it.
+Noise augmentation (ours): DeepSim credits the segmentation net's *learned noise invariance*;
+adding Gaussian noise of a random level to its training images teaches it.
 """
 
 from __future__ import annotations
@@ -27,19 +37,25 @@ from .transform import identity_grid, warp
 
 @dataclass(frozen=True)
 class AffineAugmentation:
-    """Ranges of the random affine map. Angles in degrees, shift in voxels."""
+    """Ranges of the random affine map. Angles in degrees, shift in voxels.
+
+    ``flip_axes``: the axes that are each mirrored with probability 1/2 (those ≥ ndim are
+    ignored, so the default flips every axis in 2D and 3D). ``padding``: what ``warp`` reads
+    outside the image, ``"zeros"`` (the paper's) or ``"border"``.
+    """
 
     rotation: float = 180.0
     shift: float = 1.0
     scale: tuple[float, float] = (0.8, 1.2)
-    shear: float = 0.05
-    flip_axes: tuple[int, ...] = (0, 1)
+    shear: float = 0.03
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    padding: str = "zeros"
 
 
 AUGMENTATIONS = {
     "2d": AffineAugmentation(),
     "brain": AffineAugmentation(
-        rotation=5.0, shift=0.0, scale=(1.0, 1.0), shear=0.0, flip_axes=(0,)
+        rotation=5.0, shift=0.0, scale=(1.0, 1.0), shear=0.0, flip_axes=(0, 1, 2)
     ),
     "none": None,
 }
@@ -113,14 +129,19 @@ def augment_batch(
     """Apply one random affine to every image (linear) and label map (nearest) of a batch.
 
     images: float ``(B, C, *spatial)``; labels: integer ``(B, 1, *spatial)``; all the same spatial
-    shape. ``params=None`` returns the inputs unchanged.
+    shape. Outside the image reads ``params.padding`` (zeros by default: background label 0).
+    ``params=None`` returns the inputs unchanged.
     """
     if params is None:
         return images, labels
     spatial = tuple((images or labels)[0].shape[2:])
     matrix, translation = random_affine(len(spatial), params, generator)
     u = affine_displacement(matrix, translation, spatial).to((images or labels)[0].device)
-    return ([warp(x, u) for x in images], [warp(y, u, mode="nearest") for y in labels])
+    pad = params.padding
+    return (
+        [warp(x, u, padding=pad) for x in images],
+        [warp(y, u, mode="nearest", padding=pad) for y in labels],
+    )
 
 
 def add_noise(image: Tensor, max_sigma: float, generator: torch.Generator) -> Tensor:

@@ -289,7 +289,9 @@ def _experiment(preset: str, device: str, data_dir: Path, results_dir: Path | No
     from .experiment import run_experiment
 
     datasets = tuple(name for name in REAL_DATASETS if (data_dir / name / "dataset.json").is_file())
-    vgg = data_dir / "vgg16_conv.pt"
+    from .features import vgg_weights_path
+
+    vgg = vgg_weights_path(data_dir)
     start = time.perf_counter()
     root = run_experiment(preset, datasets=datasets, data=data_dir, out=results_dir,
                           device=device, vgg=vgg if vgg.is_file() else None)  # fmt: skip

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .evaluate import load_log, load_results
 from .robustness import NOISE_SIGMAS, noise_sweep, noisy_region_smoothness
-from .runs import write_csv
+from .runs import LOG, available_runs, load_log, load_results, run_folder, write_csv
 from .stats import compare_metrics
 
 EARLY_POINTS = 3
@@ -72,13 +71,13 @@ def early_convergence(results_dir: str | Path, points: int = EARLY_POINTS) -> li
     so the k-th row of every log is the same gradient step.
     """
     rows = []
-    for dataset_dir in sorted(p for p in Path(results_dir).iterdir() if p.is_dir()):
-        if not (dataset_dir / REFERENCE / "log.csv").is_file():
+    logged = available_runs(results_dir, LOG)
+    for dataset in sorted(logged):  # datasets and baselines in name order
+        if REFERENCE not in logged[dataset]:
             continue
-        ours = load_log(dataset_dir / REFERENCE)
-        for run in sorted(dataset_dir.iterdir()):
-            if run.name in (REFERENCE, "segmentation") or not (run / "log.csv").is_file():
-                continue
+        ours = load_log(run_folder(results_dir, dataset, REFERENCE))
+        for metric in sorted(m for m in logged[dataset] if m != REFERENCE):
+            run = run_folder(results_dir, dataset, metric)
             theirs = load_log(run)
             for k in range(min(points, len(ours), len(theirs))):
                 step = int(ours["step"].iloc[k])
@@ -86,7 +85,7 @@ def early_convergence(results_dir: str | Path, points: int = EARLY_POINTS) -> li
                     raise ValueError(f"{run}: validation steps differ from {REFERENCE}'s")
                 delta = ours["val_dice"].iloc[k] - theirs["val_dice"].iloc[k]
                 statistic = f"Δ validation Dice at step {step}"
-                rows.append(_row(3, dataset_dir.name, run.name, statistic, delta, delta > 0))
+                rows.append(_row(3, dataset, metric, statistic, delta, delta > 0))
     return rows
 
 
@@ -169,8 +168,9 @@ def run_claims(
     under those names.
     """
     root = Path(results_dir)
+    trained = available_runs(root)
     regions = []
-    for dataset in sorted(p.name for p in root.iterdir() if p.is_dir()):
+    for dataset in sorted(trained):
         try:
             regions.append(noisy_region_smoothness(root, data_dir, dataset, device=device))
         except (ValueError, FileNotFoundError) as exc:  # no masks / no runs: no claim-4 rows
@@ -179,7 +179,7 @@ def run_claims(
     if len(regions):
         write_csv(root / "noise_regions.csv", regions.to_dict("records"))
     sweep = pd.DataFrame()
-    if sweep_dataset is not None and (root / sweep_dataset).is_dir():
+    if sweep_dataset is not None and sweep_dataset in trained:
         sweep = noise_sweep(root, data_dir, sweep_dataset, sigmas, device=device)
         write_csv(root / "noise_sweep.csv", sweep.to_dict("records"))
     claims = check_claims(root, regions if len(regions) else None)

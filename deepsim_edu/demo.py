@@ -12,37 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .data.synth import random_displacement, smooth_noise, warp_array
+from .data.demo_pair import make_demo_pair
 from .evaluate import dice
 from .losses import get_loss
-from .train import registration_loss
+from .registration import register, registration_loss
 from .transform import warp
 from .unet import registration_unet
 from .viz import plot_registration
-
-
-def make_demo_pair(size: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A fixed image with blobs and a moving image deformed from it, as ``(1, 1, size, size)``.
-
-    Returns float images ``moving``, ``fixed`` and integer ``moving_labels``, ``fixed_labels``.
-    """
-    rng = np.random.default_rng(seed)
-    fixed_labels = (smooth_noise((size, size), size / 10, rng) > 0.4).astype(np.int64)
-    texture = 0.05 * smooth_noise((size, size), 1.0, rng)
-    fixed = np.clip(0.3 + 0.4 * fixed_labels + texture, 0, 1).astype(np.float32)
-    u = random_displacement((size, size), sigma=size / 8, magnitude=size / 32, rng=rng)
-    moving = warp_array(fixed, u)
-    moving_labels = warp_array(fixed_labels, u, mode="nearest")
-    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None]  # noqa: E731
-    return {
-        "moving": as_tensor(moving),
-        "fixed": as_tensor(fixed),
-        "moving_labels": as_tensor(moving_labels),
-        "fixed_labels": as_tensor(fixed_labels),
-    }
 
 
 def run_demo(
@@ -61,15 +39,14 @@ def run_demo(
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     similarity = get_loss(metric)
     for _ in range(steps):
-        loss, *_ = registration_loss(net, similarity, moving, fixed, None, None, lam, 2)
+        loss = registration_loss(net, moving, fixed, similarity=similarity, lam=lam).loss
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
 
     net.eval()
     with torch.no_grad():
-        u = net(torch.cat([moving, fixed], dim=1))
-        warped = warp(moving, u)
+        u, warped = register(net, moving, fixed)
         warped_labels = warp(pair["moving_labels"], u, mode="nearest")
     before = dice(pair["moving_labels"], pair["fixed_labels"], 2).item()
     after = dice(warped_labels, pair["fixed_labels"], 2).item()

@@ -1,6 +1,6 @@
 """The paper's experiment grid: datasets × metrics, feature extractors first, then evaluation.
 
-Folders under the results root (default ``results/<preset>``)::
+Folders under the results root (default ``results/<preset>``; the whole layout is in ``runs.py``)::
 
     <dataset>/segmentation/            the DeepSim feature extractor (train_segmentation)
     <dataset>/<metric>/                config.json, log.csv, checkpoint.pt, test_results.csv
@@ -26,23 +26,29 @@ from .config import (
 )
 from .data.embedded import resolve_dataset
 from .evaluate import evaluate_run
-from .runs import load_checkpoint, write_csv
+from .runs import (
+    checkpoint_path,
+    load_checkpoint,
+    results_file,
+    results_root,
+    run_folder,
+    segmentation_folder,
+    sweep_csv,
+    sweep_run_folder,
+    write_csv,
+)
 from .train import train_registration, train_segmentation
-
-
-def results_root(preset: str, out: str | Path | None = None) -> Path:
-    return Path(out) if out is not None else Path("results") / preset
 
 
 def feature_extractor(
     dataset: str, preset: str, data_root: Path, root: Path, device: str, seed: int = 0
 ) -> Path:
     """Train (or resume, or reuse) the segmentation net of ``dataset``; its checkpoint path."""
-    run = root / dataset / "segmentation"
+    run = segmentation_folder(root, dataset)
     train_segmentation(
         data_root, run, segmentation_config(dataset, preset, seed=seed), device=device
     )
-    return run / "checkpoint.pt"
+    return checkpoint_path(run)
 
 
 def run_one(
@@ -60,12 +66,12 @@ def run_one(
     config = registration_config(dataset, metric, preset, **overrides)
     data_root = resolve_dataset(dataset, data)
     root = results_root(preset, out)
-    run = Path(run) if run is not None else root / dataset / metric
+    run = Path(run) if run is not None else run_folder(root, dataset, metric)
     extractor = None
     if metric == "deepsim":
         extractor = feature_extractor(dataset, preset, data_root, root, device, seed)
     train_registration(data_root, run, config, device=device, extractor=extractor, vgg=vgg)
-    if test and not (run / "test_results.csv").exists():
+    if test and not results_file(run).exists():
         evaluate_run(run, data_root, "test", device)
     return run
 
@@ -100,15 +106,15 @@ def sweep_lambda(
     """
     base = PAPER_LAMBDA[dataset][metric]
     grid = grid if grid is not None else [base * 2.0**k for k in range(-2, 3)]
-    root = results_root(preset, out) / dataset / metric
+    root = results_root(preset, out)
     rows = []
     for lam in grid:
-        run = root / "sweep" / f"lam_{check_lambda(lam):g}"
+        run = sweep_run_folder(root, dataset, metric, check_lambda(lam))
         run_one(dataset, metric, preset, data, out, device, lam, run, vgg, seed, test=False)
-        log = load_checkpoint(run / "checkpoint.pt")["log"]
+        log = load_checkpoint(checkpoint_path(run))["log"]
         rows.append({"lam": lam, "best_val_dice": max(r["val_dice"] for r in log),
                      "last_val_dice": log[-1]["val_dice"], "run": str(run)})  # fmt: skip
     table = pd.DataFrame(rows)
     table["selected"] = table.index == table["best_val_dice"].idxmax()  # ties: the first λ
-    write_csv(root / "sweep.csv", table.to_dict("records"))
+    write_csv(sweep_csv(root, dataset, metric), table.to_dict("records"))
     return table

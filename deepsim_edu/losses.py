@@ -2,17 +2,24 @@
 
     L(I, J, Φ) = D(I∘Φ, J) + λ R(Φ).
 
-Every similarity here is a *loss*: 0 at a perfect match, larger is worse. Inputs are the warped
+Every similarity here is a *loss*: smaller is better, 0 its lower bound. Inputs are the warped
 moving image I∘Φ and the fixed image J, both ``(B, C, H, W)`` or ``(B, C, D, H, W)``.
 
-* ``mse``   mean squared intensity difference.
+* ``mse``   mean squared intensity difference; 0 exactly when I∘Φ = J.
 * ``ncc``   local normalised cross-correlation over a ``window``⁽ⁿᵈⁱᵐ⁾ neighbourhood, squared as in
   the paper's code (NCC is the squared cosine similarity of zero-mean patch vectors — the
-  analogy DeepSim, Eq. 2, builds on).
+  analogy DeepSim, Eq. 2, builds on); ``border`` picks how windows that stick out of the image
+  are normalised. 0 exactly when in every window the centred patches are parallel with
+  var_I·var_J ≥ eps: so I∘Φ = J scores above 0 if any window of J is flat (cc = 0 there).
 * ``ncc-sup`` NCC plus a supervised label term (MSE of warped one-hot labels; the paper's NCCsup).
-* ``deepsim`` paper Eq. 2: mean cosine similarity of the frozen segmentation net's feature maps.
+* ``deepsim`` paper Eq. 2: mean cosine similarity of the frozen segmentation net's feature maps;
+  0 exactly when at every position and level the two feature vectors point the same way and
+  both have |F|² ≥ eps: so I∘Φ = J scores above 0 where a feature vector is dead (zero).
 * ``vgg``     the same cosine formula on ImageNet VGG16 features (a perceptual-loss baseline).
-* ``diffusion_regulariser``  R(u) = mean |∇u|², the paper's choice of R.
+* ``diffusion_regulariser``  R(u) = (1/ndim) · mean over batch, components c and voxels x of
+  Σ_k (∂_k u_c(x))², forward differences — the paper's choice of R (DeepSimRegistration:
+  torchreg/metrics/metrics.py, ``GradNorm``: per voxel (dx² + dy² [+ dz²]) / ndims, mean over
+  everything). In terms of the Frobenius norm, R = mean_x |∇u(x)|² / ndim².
 
 ``get_loss(name, **kw)`` builds a similarity by name; ``LOSSES`` lists the names. Losses that
 need the label maps (``ncc-sup``) say so with ``needs_labels = True``.
@@ -26,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .transform import forward_differences
 
 
 def check_pair(warped: Tensor, fixed: Tensor) -> int:
@@ -60,30 +69,97 @@ class MSE(nn.Module):
 # ----------------------------------------------------------------------------- local NCC
 
 
-def box_sum(x: Tensor, window: int) -> Tensor:
-    """Sum of ``x`` over a ``window``-wide cube around every voxel (zeros outside the image).
+BORDERS = ("in-image", "zero-padding")
 
-    Separable: one 1-D pass of a ones-kernel per axis, all channels at once through a grouped
-    convolution — ndim·w multiply-adds per voxel instead of wⁿᵈⁱᵐ for a dense w×w×w kernel.
-    ``(B, C, *spatial)`` → ``(B, C, *spatial)``.
+
+def check_window_and_border(window: int, border: str) -> None:
+    """ValueError unless ``window`` is a positive odd number and ``border`` one of ``BORDERS``."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd number, got {window}")
+    if border not in BORDERS:
+        raise ValueError(f"unknown NCC border rule {border!r}; valid: {', '.join(BORDERS)}")
+
+
+def window_sum_along(x: Tensor, axis: int, window: int) -> Tensor:
+    """s(i) = Σ_{|j − i| ≤ r} x(j) along ``axis``, r = window // 2, zeros outside; ``x.shape``.
+
+    Sliding sums by doubling on the axis padded with r zeros per side: with S_m(i) = x(i) + … +
+    x(i + m − 1), S_2m(i) = S_m(i) + S_m(i + m) and S_m+1(i) = S_m(i) + x(i + m); the binary
+    digits of ``window`` after the leading 1 say which steps build S_window (9 = 1001₂:
+    S_1 → S_2 → S_4 → S_8 → S_9). That is ⌊log₂ w⌋ + popcount(w) − 1 additions of whole
+    tensors (4 for w = 9), and every sum is a tree of partial sums of similar size, so float32
+    rounding stays at a few units of the last place — unlike a long cumulative sum.
     """
-    ndim, channels = x.dim() - 2, x.shape[1]
-    conv = getattr(F, f"conv{ndim}d")
-    for axis in range(ndim):
-        size, padding = [1] * ndim, [0] * ndim
-        size[axis], padding[axis] = window, window // 2
-        kernel = x.new_ones(channels, 1, *size)  # one ones-kernel per channel (groups=channels)
-        x = conv(x, kernel, padding=tuple(padding), groups=channels)
-    return x
+    r = window // 2
+    padded = F.pad(x, [0, 0] * (x.dim() - 1 - axis) + [r, r])  # F.pad lists the last axis first
+    n = padded.shape[axis]
+
+    def entries(s: Tensor, start: int, width: int) -> Tensor:
+        return s.narrow(axis, start, n - width + 1)  # S_width has n − width + 1 entries
+
+    total, width = padded, 1  # S_1
+    for bit in f"{window:b}"[1:]:
+        total = entries(total, 0, 2 * width) + entries(total, width, 2 * width)
+        width *= 2
+        if bit == "1":
+            total = entries(total, 0, width + 1) + entries(padded, width, width + 1)
+            width += 1
+    return total  # S_window: n − window + 1 = x.shape[axis] entries
+
+
+class BoxSum(torch.autograd.Function):
+    """The box filter B(x) of ``box_sum`` as an autograd function with its adjoint by hand.
+
+    B is symmetric — voxel j lies in the window of i exactly when i lies in the window of j,
+    zero padding included — so its adjoint is B itself: ∂L/∂x = B(∂L/∂B(x)). That replaces
+    autograd's record of every slice and addition by one more box filter pass.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, window: int) -> Tensor:
+        ctx.window = window
+        for axis in range(2, x.dim()):
+            x = window_sum_along(x, axis, window)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        return BoxSum.apply(grad, ctx.window), None
+
+
+def box_sum(x: Tensor, window: int) -> Tensor:
+    """Sum of ``x`` over the ``window``-wide cube around every voxel (zeros outside the image).
+
+    Separable: one sliding-window sum per axis (``window_sum_along``, 4 tensor additions for
+    w = 9) — the same numbers as a dense convolution with a wⁿᵈⁱᵐ ones-kernel and zero padding,
+    at a fraction of the cost. The backward pass is the same box filter applied to the incoming
+    gradient (the filter is symmetric). ``(B, C, *spatial)`` → ``(B, C, *spatial)``.
+    """
+    return BoxSum.apply(x, window)
+
+
+def in_image_counts(spatial: Sequence[int], window: int, like: Tensor) -> Tensor:
+    """n(x) = Π_k #{j in 0..size_k − 1 : |j − x_k| ≤ r}: the voxels of each window inside the image.
+
+    Returns a tensor of shape ``spatial`` with ``like``'s dtype and device (wⁿᵈⁱᵐ in the interior).
+    """
+    r, ndim = window // 2, len(spatial)
+    n = like.new_ones(())
+    for k, size in enumerate(spatial):
+        i = torch.arange(size, dtype=like.dtype, device=like.device)
+        count = (i + r).clamp(max=size - 1) - (i - r).clamp(min=0) + 1
+        n = n * count.view([-1 if axis == k else 1 for axis in range(ndim)])
+    return n
 
 
 def local_ncc(
-    warped: Tensor, fixed: Tensor, window: int = 9, squared: bool = True, eps: float = 1e-6
-) -> Tensor:
+    warped: Tensor, fixed: Tensor, window: int = 9, squared: bool = True, eps: float = 1e-6,
+    border: str = "in-image",
+) -> Tensor:  # fmt: skip
     """Local normalised cross-correlation map, ``(B, C, *spatial)``, each value in [0, 1] (squared).
 
-    For the window P(x) around voxel x, with n(x) = the number of its voxels inside the image
-    and sums Σ over those voxels:
+    For the window P(x) around voxel x, with sums Σ over its voxels inside the image (box sums)
+    and n(x) the number of voxels the window is averaged over:
 
         cross = Σ I J − Σ I Σ J / n        (n · covariance)
         var_I = Σ I² − (Σ I)² / n           (n · variance)
@@ -91,21 +167,30 @@ def local_ncc(
         cc    = cross / sqrt(max(var_I var_J, eps))     not squared, in [−1, 1]
 
     cc is the squared cosine similarity of the zero-mean patch vectors I_P − mean, J_P − mean.
-    A constant window has var = 0 and cross = 0, so cc = 0 there: finite, never NaN.
+    A constant window (its n values equal; with zero padding the zeros are among them) has
+    var = 0 and cross = 0, so cc = 0 there: finite, never NaN.
 
-    Ours: at the border the paper's code divides by the full window size wⁿᵈⁱᵐ, treating the zero
-    padding as image content; we use the true count n(x), so NCC(a I + b, I) is optimal for any
-    a > 0 right up to the border, not only in the interior.
+    ``border`` — how a window that sticks out of the image is normalised (identical in the
+    interior, where n = wⁿᵈⁱᵐ):
+
+    * ``"zero-padding"``: n = wⁿᵈⁱᵐ everywhere, i.e. the image continues with zeros, as in the
+      paper's code (DeepSimRegistration: src/loss_metrics.py, ``NCC``: ``conv_fn(..., padding=
+      win // 2)`` with ``win_size = np.prod(filt.shape)``) and MONAI's
+      ``LocalNormalizedCrossCorrelationLoss`` (rectangular kernel).
+    * ``"in-image"`` (ours): n(x) = the voxels of the window inside the image, so the border
+      windows hold only image content and NCC(a I + b, I) is optimal (cc = 1) for any a ≠ 0
+      (a > 0 if not squared) and any b right up to the border; with zero padding, b ≠ 0 lowers
+      cc near the border.
     """
     check_pair(warped, fixed)
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be a positive odd number, got {window}")
-    channels = fixed.shape[1]
-    # voxels of each window that lie inside the image: (1, 1, *spatial)
-    n = box_sum(fixed.new_ones(1, 1, *fixed.shape[2:]), window)
-    # five local sums in one grouped, separable pass: (B, 5C, *spatial)
-    stacked = torch.cat([warped, fixed, warped * warped, fixed * fixed, warped * fixed], dim=1)
-    sum_i, sum_j, sum_ii, sum_jj, sum_ij = box_sum(stacked, window).split(channels, dim=1)
+    check_window_and_border(window, border)
+    if border == "zero-padding":
+        n: Tensor | float = float(window ** (fixed.dim() - 2))
+    else:
+        n = in_image_counts(fixed.shape[2:], window, fixed)
+    sum_i, sum_j = box_sum(warped, window), box_sum(fixed, window)
+    sum_ii, sum_jj = box_sum(warped * warped, window), box_sum(fixed * fixed, window)
+    sum_ij = box_sum(warped * fixed, window)
     cross = sum_ij - sum_i * sum_j / n
     var_i = sum_ii - sum_i * sum_i / n
     var_j = sum_jj - sum_j * sum_j / n
@@ -116,20 +201,30 @@ def local_ncc(
 class NCC(nn.Module):
     """D_NCC(I∘Φ, J) = 1 − mean_x cc(x), with cc the local NCC of ``local_ncc``.
 
+    0 exactly when every window's centred patches of I∘Φ and J are parallel (same direction if
+    not ``squared``) with var_I·var_J ≥ eps; so identical images score above 0 where a window is
+    flat (cc = 0 there, not 1). The paper's squared NCC is ``NCC(9, squared=True,
+    border="zero-padding")``.
+
     Args:
         window: side of the local window (9 in the paper, in 2D and 3D).
         squared: square the correlation as the paper's code does (optimum also for negatively
             correlated patches); ``False`` gives the plain correlation coefficient.
+        eps: lower clamp of var_I·var_J (1e-6 in the paper's code).
+        border: ``"in-image"`` (ours, default) or ``"zero-padding"`` (the paper's code and
+            MONAI); see ``local_ncc``.
     """
 
-    def __init__(self, window: int = 9, squared: bool = True, eps: float = 1e-6):
+    def __init__(
+        self, window: int = 9, squared: bool = True, eps: float = 1e-6, border: str = "in-image"
+    ):
         super().__init__()
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"window must be a positive odd number, got {window}")
-        self.window, self.squared, self.eps = window, squared, eps
+        check_window_and_border(window, border)
+        self.window, self.squared, self.eps, self.border = window, squared, eps, border
 
     def forward(self, warped: Tensor, fixed: Tensor) -> Tensor:
-        return 1.0 - local_ncc(warped, fixed, self.window, self.squared, self.eps).mean()
+        cc = local_ncc(warped, fixed, self.window, self.squared, self.eps, self.border)
+        return 1.0 - cc.mean()
 
 
 # ----------------------------------------------------------------------------- NCC-sup
@@ -158,9 +253,9 @@ class NCCSupervised(nn.Module):
 
     needs_labels = True
 
-    def __init__(self, window: int = 9, squared: bool = True):
+    def __init__(self, window: int = 9, squared: bool = True, border: str = "in-image"):
         super().__init__()
-        self.ncc = NCC(window, squared)
+        self.ncc = NCC(window, squared, border=border)
 
     def forward(
         self, warped: Tensor, fixed: Tensor, warped_labels: Tensor | None = None,
@@ -264,14 +359,17 @@ class DeepSimLoss(FeatureSimilarity):
 class VGGLoss(FeatureSimilarity):
     """The VGG baseline: Eq. 2's cosine formula on ImageNet VGG16 relu1_2, relu2_2, relu3_3.
 
-    ``vgg``: a ``features.VGG16Features`` (or the path of the weights file made by
-    ``python -m data_scripts.vgg16_weights``).
+    ``vgg``: a ``features.VGG16Features`` (its ``convention`` is the input fed to the weights),
+    or the path of the weights file made by ``python -m data_scripts.vgg16_weights`` (None:
+    ``features.vgg_weights_path()``), loaded with the weights' own input convention. Which
+    weights: the paper's code uses torchvision's ImageNet VGG16 on the unnormalised [0, 1] image;
+    our offline default file holds the Keras/Caffe ImageNet VGG16 (see ``features``).
     """
 
     def __init__(
-        self, vgg: nn.Module | str = "data/vgg16_conv.pt", levels: Sequence[int | str] | None = None
+        self, vgg: nn.Module | str | None = None, levels: Sequence[int | str] | None = None
     ):  # fmt: skip
-        if isinstance(vgg, str):
+        if vgg is None or isinstance(vgg, str):
             from .features import load_vgg16
 
             vgg = load_vgg16(vgg)
@@ -280,20 +378,6 @@ class VGGLoss(FeatureSimilarity):
 
 
 # ----------------------------------------------------------------------------- regulariser
-
-
-def forward_differences(u: Tensor) -> list[Tensor]:
-    """Forward differences u(x + e_k) − u(x) along every spatial axis k, each ``u.shape``.
-
-    The last slice along k is padded by replication, so its difference is 0 (the paper's code).
-    """
-    ndim = u.dim() - 2
-    diffs = []
-    for axis in range(2, ndim + 2):
-        d = torch.diff(u, dim=axis)
-        # append a zero slice at the far end: replicate padding of u
-        diffs.append(torch.cat([d, torch.zeros_like(u.narrow(axis, 0, 1))], dim=axis))
-    return diffs
 
 
 def diffusion_regulariser(displacement: Tensor) -> Tensor:

@@ -4,7 +4,13 @@
 (per-pair test results, logs, configs, claims, noise sweep — never checkpoints) into ``out``
 and writes ``out/provenance.json``::
 
-    {"preset", "device", "date", "commit", "command", "wall_time_s", "torch", "threads", ...}
+    {"preset", "device", "date", "commit", "command", "wall_time_s", "torch", "threads",
+     "vgg": {"path", "sha256", "weights_convention", "source", "input_convention", ...} | null,
+     "notes"}
+
+``vgg`` records the VGG16 weights file of the VGG runs (path and sha256, where it came from) and
+the input convention fed to it (``features.describe_vgg_weights``): the paper's torchvision
+weights on the unnormalised image, or our offline Keras/Caffe weights on their own input.
 
 ``find_reference(preset)`` is how the book finds them: ``reference_results/<preset>/``.
 """
@@ -19,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .features import describe_vgg_weights
 from .runs import write_json
 
 REFERENCE_ROOT = Path("reference_results")
@@ -42,15 +49,20 @@ def git_commit(repo: str | Path = ".") -> str:
 def export_reference(
     results_dir: str | Path, out: str | Path, *, preset: str, device: str, command: str,
     wall_time_s: float | None = None, commit: str | None = None, date: str | None = None,
-    notes: str = "",
+    notes: str = "", vgg: str | Path | None = None, vgg_input: str = "weights",
 ) -> Path:  # fmt: skip
-    """Copy the small result files of ``results_dir`` to ``out`` and write ``provenance.json``."""
+    """Copy the small result files of ``results_dir`` to ``out`` and write ``provenance.json``.
+
+    ``vgg``: the VGG16 weights file the VGG runs used and ``vgg_input`` the input convention
+    they fed it (``RegistrationConfig.vgg_input``); both are recorded (None: no VGG recorded).
+    """
     src, out = Path(results_dir), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"results folder {src} does not exist")
     files = [p for p in sorted(src.rglob("*")) if p.is_file() and p.suffix in SMALL_SUFFIXES]
     if not files:
         raise FileNotFoundError(f"{src} holds no CSV/JSON result files")
+    vgg_used = None if vgg is None else describe_vgg_weights(vgg, vgg_input)  # checked first
     for path in files:
         target = out / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +76,7 @@ def export_reference(
         "wall_time_s": wall_time_s,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "vgg": vgg_used,
         "notes": notes,
     }
     write_json(out / "provenance.json", provenance)

@@ -4,14 +4,14 @@ Two measurements on the test pairs of a dataset, for every metric's trained net 
 root (``<root>/<dataset>/<metric>/checkpoint.pt``):
 
 * ``noise_sweep``: add independent Gaussian noise of standard deviation σ to moving and fixed
-  images (intensities as stored, e.g. Platelet-EM in [0, 1]), register, and score Dice and
-  folding — the same noise draw for every metric at a given σ and pair, so the metrics are
-  compared on identical inputs (paired).
+  images (intensities as stored, e.g. Platelet-EM in [0, 1]) and clip the result to [0, 1] as
+  the paper's code does, register, and score Dice and folding — the same noise draw for every
+  metric at a given σ and pair, so the metrics are compared on identical inputs (paired).
 * ``noisy_region_smoothness``: where the embedded data carries noisy patches (``noise_masks/``,
   the union of the moving and the fixed image's masks), compare Φ inside and outside them:
-  folding fraction (det ∇Φ ≤ 0) and the mean gradient magnitude of the displacement,
+  folding fraction (det ∇Φ < 0) and the mean gradient magnitude of the displacement,
 
-      |∇u|(x) = ‖∇Φ(x) − Id‖_F = sqrt(Σ_ij (∂u_i/∂x_j)²)   (central differences),
+      |∇u|(x) = ‖∇Φ(x) − Id‖_F = sqrt(Σ_ij (∂u_i/∂x_j)²)   (forward differences),
 
   the quantity the paper's Figure 2b shows by eye: a metric that follows noise makes u rough
   there. Where the generator stored the true displacement u* (``displacements/``), also
@@ -36,8 +36,10 @@ from .config import METRICS
 from .data.embedded import resolve_dataset
 from .data.layout import read_displacement, read_noise_mask
 from .data.pairs import PairDataset
-from .evaluate import evaluate_pairs, load_registration_net
-from .transform import jacobian_matrix
+from .evaluate import evaluate_pairs
+from .registration import register
+from .runs import load_registration_net, trained_runs
+from .transform import jacobian_determinant, jacobian_matrix
 
 NOISE_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 TRUTH_QUANTITIES = ("gradient_error", "endpoint_error", "true_gradient", "true_magnitude")
@@ -46,6 +48,9 @@ TRUTH_QUANTITIES = ("gradient_error", "endpoint_error", "true_gradient", "true_m
 class NoisyPairs(Dataset):
     """A ``PairDataset`` whose moving and fixed images carry added Gaussian noise of std ``sigma``.
 
+    noisy = clip(image + σ·n, 0, 1), n ~ N(0, 1) per pixel: clipped to [0, 1] as in the paper's
+    noise experiment (DeepSimRegistration: src/plots/run_models_with_added_noise.py,
+    ``add_gaussian_noise``), which runs on Platelet-EM, whose intensities lie in [0, 1].
     The noise of pair ``index`` is drawn from a generator seeded by ``(seed, index)``, so it is the
     same for every net that is evaluated on it. Labels are untouched.
     """
@@ -63,17 +68,8 @@ class NoisyPairs(Dataset):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         for key in ("moving", "fixed"):
             noise = torch.randn(item[key].shape, generator=generator)
-            item[key] = item[key] + self.sigma * noise
+            item[key] = (item[key] + self.sigma * noise).clamp(0.0, 1.0)
         return item
-
-
-def trained_runs(results_dir: str | Path, dataset: str, metrics=None) -> dict[str, Path]:
-    """``{metric: run folder}`` of the finished-or-not runs with a checkpoint, in METRICS order."""
-    root = Path(results_dir) / dataset
-    runs = {m: root / m for m in (metrics or METRICS) if (root / m / "checkpoint.pt").is_file()}
-    if not runs:
-        raise FileNotFoundError(f"no trained registration run (<metric>/checkpoint.pt) in {root}")
-    return runs
 
 
 def noise_sweep(
@@ -96,8 +92,13 @@ def noise_sweep(
 
 
 def displacement_gradient_norm(displacement: torch.Tensor) -> torch.Tensor:
-    """|∇u| = ‖∇Φ − Id‖_F per voxel: ``(B, ndim, *spatial)`` → ``(B, *spatial)``."""
-    jac = jacobian_matrix(displacement)
+    """|∇u| = ‖∇Φ − Id‖_F per voxel: ``(B, ndim, *spatial)`` → ``(B, *spatial)``.
+
+    ∂u_i/∂x_j by forward differences with the last slice replicate-padded
+    (``transform.jacobian_matrix(scheme="forward")``), the differences of the paper's diffusion
+    regulariser, so that mean(|∇u|²) / ndim² = ``losses.diffusion_regulariser(u)``.
+    """
+    jac = jacobian_matrix(displacement, scheme="forward")
     eye = torch.eye(displacement.shape[1], dtype=jac.dtype, device=jac.device)
     return (jac - eye).square().sum(dim=(-2, -1)).sqrt()
 
@@ -142,10 +143,10 @@ def noisy_region_smoothness(
         net, _ = load_registration_net(run, device)
         for index, mask in masks.items():
             item = pairs[index]
-            u = net(torch.cat([item["moving"][None], item["fixed"][None]], 1).to(device))
-            u = u.float().cpu()
+            u, _ = register(net, item["moving"][None].to(device), item["fixed"][None].to(device))
+            u = u.cpu()  # (1, ndim, H, W)
             maps = {  # (H, W) per quantity
-                "folding": (torch.linalg.det(jacobian_matrix(u))[0] <= 0).float(),
+                "folding": (jacobian_determinant(u, scheme="forward")[0] < 0).float(),
                 "gradient": displacement_gradient_norm(u)[0],
             }
             truth = truths[index]

@@ -1,13 +1,19 @@
-"""Run folders: what a training run leaves behind, written atomically, read with checks.
+"""The results folder: where every run lies, what a run leaves behind, and how to read it back.
 
-::
+A results root (default ``results/<preset>``, ``results_root``) holds::
 
-    <out>/config.json     the run's config (presets in config.py) plus dataset facts
-    <out>/log.csv         one row per epoch
-    <out>/checkpoint.pt   model + optimiser + progress, loadable with torch.load(weights_only=True)
+    <root>/<dataset>/segmentation/              DeepSim's feature extractor (train_segmentation)
+    <root>/<dataset>/<metric>/                  one registration run (run_folder):
+        config.json                             the run's config (presets in config.py) + dataset
+        log.csv                                 one row per epoch (step, losses, val_dice, ...)
+        checkpoint.pt                           model + optimiser + progress ("finished", "log")
+        test_results.csv                        one row per test pair (evaluate.evaluate_run)
+    <root>/<dataset>/<metric>/sweep/lam_<λ>/    the runs of a λ sweep (sweep_run_folder)
+    <root>/<dataset>/<metric>/sweep.csv         the sweep's table: λ, best / last val Dice, run
 
 Every writer goes through a temporary file and a rename (``data.layout.atomic_write_bytes``),
-so a killed run never leaves a half-written file.
+so a killed run never leaves a half-written file. Every reader names the file or folder it
+could not find. Registering and scoring with a run's net is ``evaluate.py``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,20 @@ import io
 import json
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from .data.layout import atomic_write_bytes
+from .config import METRICS, check_metric
+from .data.layout import DATASET_NAMES, atomic_write_bytes, check_dataset_name
+from .unet import UNet, registration_unet
+
+CONFIG = "config.json"
+LOG = "log.csv"
+CHECKPOINT = "checkpoint.pt"
+SEGMENTATION = "segmentation"
+SWEEP = "sweep"
+
+# ----------------------------------------------------------------------------- writing
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -52,3 +69,224 @@ def write_csv(path: str | Path, rows: list[dict]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_bytes(path, text.getvalue().encode())
+
+
+# ----------------------------------------------------------------------------- the layout
+
+
+def results_root(preset: str, out: str | Path | None = None) -> Path:
+    """The results root: ``out`` when given, else ``results/<preset>``."""
+    return Path(out) if out is not None else Path("results") / preset
+
+
+def run_folder(root: str | Path, dataset: str, metric: str) -> Path:
+    """``<root>/<dataset>/<metric>``: the registration run of ``dataset`` × ``metric``."""
+    return Path(root) / dataset / metric
+
+
+def segmentation_folder(root: str | Path, dataset: str) -> Path:
+    """``<root>/<dataset>/segmentation``: the run of DeepSim's feature extractor."""
+    return Path(root) / dataset / SEGMENTATION
+
+
+def sweep_folder(root: str | Path, dataset: str, metric: str) -> Path:
+    """``<root>/<dataset>/<metric>/sweep``: the folder of a λ sweep's runs."""
+    return run_folder(root, dataset, metric) / SWEEP
+
+
+def sweep_run_folder(root: str | Path, dataset: str, metric: str, lam: float) -> Path:
+    """``<root>/<dataset>/<metric>/sweep/lam_<λ>`` (λ written with ``:g``, e.g. ``lam_0.01``)."""
+    return sweep_folder(root, dataset, metric) / f"lam_{lam:g}"
+
+
+def sweep_csv(root: str | Path, dataset: str, metric: str) -> Path:
+    """``<root>/<dataset>/<metric>/sweep.csv``: the table ``experiment.sweep_lambda`` writes."""
+    return run_folder(root, dataset, metric) / "sweep.csv"
+
+
+def checkpoint_path(run: str | Path) -> Path:
+    """``<run>/checkpoint.pt``."""
+    return Path(run) / CHECKPOINT
+
+
+def results_file(run: str | Path, split: str = "test") -> Path:
+    """``<run>/<split>_results.csv``: one row per pair of ``split`` (``evaluate.evaluate_run``)."""
+    return Path(run) / f"{split}_results.csv"
+
+
+# ----------------------------------------------------------------------------- which runs exist
+
+
+def results_folder(results_dir: str | Path) -> Path:
+    """``results_dir`` as a Path; FileNotFoundError when it is not a folder."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"{root}: no results folder; run `python -m deepsim_edu experiment` first"
+        )
+    return root
+
+
+def has_checkpoint(run: str | Path | None) -> bool:
+    """Whether ``run`` (None: no run) is a folder with a ``checkpoint.pt``."""
+    return run is not None and checkpoint_path(run).is_file()
+
+
+def available_runs(results_dir: str | Path, needs: str = CHECKPOINT) -> dict[str, list[str]]:
+    """``{dataset: [metric, ...]}`` of the registration runs under a results root that have
+    the file ``needs`` (``"checkpoint.pt"``, ``"log.csv"``, ...); datasets in
+    ``data.layout.DATASET_NAMES`` order, metrics in ``config.METRICS`` order, datasets without
+    such a run left out. FileNotFoundError when ``results_dir`` is not a folder."""
+    root = results_folder(results_dir)
+    runs = {d: [m for m in METRICS if (run_folder(root, d, m) / needs).is_file()]
+            for d in DATASET_NAMES}  # fmt: skip
+    return {d: metrics for d, metrics in runs.items() if metrics}
+
+
+def trained_runs(
+    results_dir: str | Path, dataset: str, metrics: list[str] | str | None = None,
+    needs: str = CHECKPOINT,
+) -> dict[str, Path]:  # fmt: skip
+    """``{metric: run folder}`` of ``dataset``'s runs that have the file ``needs``.
+
+    ``metrics=None``: every such run (``config.METRICS`` order; FileNotFoundError when there is
+    none); otherwise exactly the metrics asked for, each of which must have ``needs``
+    (FileNotFoundError naming the missing file). Errors say how to train the run.
+    """
+    root = results_folder(results_dir)
+    check_dataset_name(dataset)
+    if metrics is None:
+        found = available_runs(root, needs).get(dataset, [])
+        if not found:
+            raise FileNotFoundError(
+                f"{root / dataset}: no registration run with a {needs}; train one with "
+                f"`python -m deepsim_edu train --dataset {dataset} --metric METRIC`"
+            )
+        return {metric: run_folder(root, dataset, metric) for metric in found}
+    metrics = [check_metric(m) for m in ([metrics] if isinstance(metrics, str) else metrics)]
+    for metric in metrics:
+        path = run_folder(root, dataset, metric) / needs
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path}: missing; train the run with "
+                f"`python -m deepsim_edu train --dataset {dataset} --metric {metric}`"
+            )
+    return {metric: run_folder(root, dataset, metric) for metric in metrics}
+
+
+def training_finished(run: str | Path) -> bool:
+    """Whether the registration run's ``checkpoint.pt`` says ``finished`` (its last epoch, or
+    early stopping); False without a checkpoint."""
+    path = checkpoint_path(run)
+    return path.is_file() and bool(load_checkpoint(path).get("finished", False))
+
+
+def run_finished(run: str | Path, split: str = "test") -> bool:
+    """Nothing left to do for ``experiment.run_one``: training finished and
+    ``<split>_results.csv`` written."""
+    return results_file(run, split).is_file() and training_finished(run)
+
+
+def finished_runs(results_dir: str | Path, split: str = "test") -> dict[str, list[str]]:
+    """``{dataset: [metric, ...]}`` of the finished runs (``run_finished``), ordered and
+    filtered as ``available_runs``."""
+    root = results_folder(results_dir)
+    runs = {d: [m for m in metrics if run_finished(run_folder(root, d, m), split)]
+            for d, metrics in available_runs(root).items()}  # fmt: skip
+    return {d: metrics for d, metrics in runs.items() if metrics}
+
+
+def results_files(results_dir: str | Path, split: str = "test") -> list[Path]:
+    """Every ``<dataset>/<metric>/<split>_results.csv`` under a results root, sorted (λ-sweep
+    runs, one level deeper, are not included)."""
+    return sorted(Path(results_dir).glob(str(results_file(Path("*", "*"), split))))
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+
+def read_config(run: str | Path) -> dict:
+    """The ``config.json`` of a run folder."""
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no run config (is {run} a run folder?)")
+    return json.loads(path.read_text())
+
+
+def load_log(run: str | Path) -> pd.DataFrame:
+    """The per-epoch training log of a run folder (``log.csv``: step, losses, val_dice, …)."""
+    path = Path(run) / LOG
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no training log (is {run} a run folder?)")
+    return pd.read_csv(path)
+
+
+def load_results(results_dir: str | Path, split: str = "test") -> pd.DataFrame:
+    """All per-pair results under a results root: ``<dataset>/<metric>/<split>_results.csv``.
+
+    One row per (dataset, metric, test pair), the columns of ``evaluate.evaluate_pairs`` plus
+    ``dataset`` and ``metric``, the files concatenated in sorted order. λ-sweep runs
+    (``<metric>/sweep/…``) are not included. Raises ``FileNotFoundError`` naming the folder
+    when it holds no results file at all.
+    """
+    files = results_files(results_dir, split)
+    if not files:
+        raise FileNotFoundError(
+            f"no {split}_results.csv under {Path(results_dir)}/<dataset>/<metric>/ — run "
+            "`python -m deepsim_edu experiment` (or `evaluate`) first"
+        )
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def load_registration_net(run: str | Path, device: str = "cpu") -> tuple[UNet, dict]:
+    """The trained registration U-Net of a run folder (``checkpoint.pt``), in eval mode, and
+    the run's config."""
+    checkpoint = load_checkpoint(checkpoint_path(run), map_location=device)
+    config = checkpoint["config"]
+    if config.get("kind") != "registration":
+        raise ValueError(f"{run}: not a registration run (kind {config.get('kind')!r})")
+    net = registration_unet(config["ndim"], config["encoder_channels"], dropout=config["dropout"])
+    net.load_state_dict(checkpoint["model"])
+    return net.to(device).eval(), config
+
+
+def sweep_table(folder: str | Path) -> pd.DataFrame:
+    """The runs of a λ sweep: columns ``lam``, ``best_val_dice``, ``run`` (folder or None),
+    ``selected``, sorted by λ.
+
+    ``folder``: the ``<root>/<dataset>/<metric>`` folder of ``experiment.sweep_lambda``
+    (``sweep.csv`` and ``sweep/lam_<λ>/``) or its ``sweep/`` folder. Run folders give λ from
+    their ``config.json`` and the best validation Dice from their ``log.csv``; ``sweep.csv``
+    adds λs whose run folders are gone and says which λ was selected.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder (expected a λ sweep's folder)")
+    rows: dict[float, dict] = {}
+    for sub in (folder, folder / SWEEP):
+        for run in sorted(sub.glob("lam_*")):
+            if not (run / LOG).is_file():
+                continue
+            lam = read_config(run)["lam"] if (run / CONFIG).is_file() else float(run.name[4:])
+            best = float(load_log(run)["val_dice"].max())
+            rows[float(lam)] = {"lam": float(lam), "best_val_dice": best, "run": run}
+    for table_csv in (
+        folder / "sweep.csv",
+        folder.parent / "sweep.csv" if folder.name == SWEEP else None,
+    ):
+        if table_csv is None or not table_csv.is_file():
+            continue
+        for record in pd.read_csv(table_csv).to_dict("records"):
+            row = rows.setdefault(float(record["lam"]), {"lam": float(record["lam"]), "run": None})
+            row.setdefault("best_val_dice", float(record["best_val_dice"]))
+            row["selected"] = bool(record.get("selected", False))
+    if not rows:
+        raise FileNotFoundError(
+            f"{folder}: no λ-sweep runs (no lam_<λ>/ folders with a log.csv in it or in its "
+            "sweep/, and no sweep.csv); run `python -m deepsim_edu sweep-lambda` first"
+        )
+    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["lam"]))
+    if "selected" not in table or not table["selected"].fillna(False).any():
+        table["selected"] = table.index == table["best_val_dice"].idxmax()
+    table["selected"] = table["selected"].fillna(False).astype(bool)
+    return table

@@ -19,20 +19,25 @@ metric's), 1-D of shape ``(n,)``, one value per test pair (moving, fixed), in th
   stayed at the identity): no pair is left to rank. scipy 1.17 returns statistic 0, p = 1.0, with
   a RuntimeWarning (0/0 in its normal approximation); we report the same without calling it:
   ``statistic = 0``, ``pvalue = 1.0`` for every alternative, so no mark — no evidence either way.
-* **Cohen's d** with pooled sd, ddof 1, as in the paper's code (its significance-test script):
+* **Cohen's d** with pooled sd, ddof 1, as in the paper's code (its significance-test script,
+  src/plots/statistical_significance_test.py, ``cohen_d``):
   ``d = (mean(a) − mean(b)) / s_p``, ``s_p² = ((n_a − 1) s_a² + (n_b − 1) s_b²) / (n_a + n_b − 2)``,
   which for n_a = n_b is ``s_p = sqrt((s_a² + s_b²) / 2)``. It ignores the pairing.
 * **Paired d_z** (ours): ``d_z = mean(d_i) / sd(d_i)`` (ddof 1). Pairs share their difficulty, so
   sd(d) is often far below s_p and d_z far above d.
   Zero spread: 0/0 gives 0 (no effect), x/0 gives ±inf.
-* Effect labels on |d| (the paper's code): ≤ 0.2 negligible, > 0.2 small, > 0.5 medium, > 0.8
-  large, > 1.2 very large, > 2 huge. Marks (the paper's Table 1): * p < 0.05, ** p < 0.01,
-  *** p < 0.001, ‡ p < 0.001 and d > 0.8.
+* Effect labels on |d|: > 0.2 small, > 0.5 medium, > 0.8 large, > 1.2 very large, > 2 huge —
+  Sawilowsky's rules of thumb (S. Sawilowsky, "New effect size rules of thumb", J. Mod. Appl.
+  Stat. Methods 8(2), 2009), which extend Cohen's 0.2 / 0.5 / 0.8. The paper's code uses the
+  same thresholds (DeepSimRegistration: src/plots/statistical_significance_test.py, which also
+  calls 0.01 < |d| ≤ 0.2 "very small" and |d| ≤ 0.01 "none"); we call every |d| ≤ 0.2
+  negligible. Marks (the paper's Table 1): * p < 0.05, ** p < 0.01, *** p < 0.001,
+  ‡ p < 0.001 and d > 0.8.
 
 Every statistic here needs at least ``MIN_PAIRS = 2`` pairs (an sd with ddof 1 needs two values).
 With n pairs the one-sided p is at least 1/2^n: fewer than 5 pairs can never reach p < 0.05.
 
-``compare_metrics`` applies all of this per dataset × metric to ``evaluate.load_results`` output;
+``compare_metrics`` applies all of this per dataset × metric to ``runs.load_results`` output;
 ``results_table`` (Table 1) and ``folding_table`` render it as markdown, LaTeX or CSV.
 """
 
@@ -48,7 +53,7 @@ from numpy.typing import ArrayLike
 from scipy import stats as sps
 
 from .config import DATASETS, METRICS
-from .evaluate import load_results
+from .runs import load_results
 
 ALTERNATIVES = ("greater", "less", "two-sided")
 MIN_PAIRS = 2
@@ -221,7 +226,7 @@ def compare_metrics(
     metrics other than ``reference``, the one-sided Wilcoxon p (reference greater), Cohen's d,
     d_z (both reference − metric), the effect label and the mark (from p and d).
 
-    ``results``: ``evaluate.load_results`` output, one row per dataset × metric × pair. Pairs are
+    ``results``: ``runs.load_results`` output, one row per dataset × metric × pair. Pairs are
     matched by (moving, fixed) within a dataset. A dataset without a reference run gets NaN / ""
     in the comparison columns; differing pair sets, NaN values or < 2 pairs raise ValueError.
     """
@@ -397,7 +402,8 @@ def results_table(
 
 def folding_table(results_dir: str | Path) -> ResultsTable:
     """Folding per metric × dataset: mean ± sd over the test pairs of the percentage of voxels
-    with det ∇Φ ≤ 0 (``folding_fraction`` × 100); bold: the least folding per dataset."""
+    with det ∇Φ < 0 (``folding_fraction`` × 100, forward differences); bold: the least folding
+    per dataset."""
     results = load_results(results_dir)
     rows = []
     for (dataset, metric), group in results.groupby(["dataset", "metric"], sort=False):
@@ -407,7 +413,8 @@ def folding_table(results_dir: str | Path) -> ResultsTable:
                      "mean": percent.mean(), "sd": _sd(percent)})  # fmt: skip
     stats = pd.DataFrame(rows, columns=["dataset", "metric", "n", "mean", "sd"])
     caption = (
-        "Folding: % of voxels with det ∇Φ ≤ 0 (Φ = id + u), mean ± sd over the test pairs.",
+        "Folding: % of voxels with det ∇Φ < 0 (Φ = id + u, forward differences), mean ± sd "
+        "over the test pairs.",
         f"{MISSING}: no run.",
     )
     return _table(stats, "{:.2f}", True, None, caption, "the least folding per dataset.")

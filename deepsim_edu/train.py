@@ -1,16 +1,19 @@
 """Training loops, written out plainly: the segmentation net (DeepSim's feature extractor) and
-the registration net (paper Eq. 1: L = D(I∘Φ, J) + λ R(u), Φ = id + u, u = net(I ⊕ J)).
+the registration net (paper Eq. 1, ``registration.registration_loss``:
+L = D(I∘Φ, J) + λ R(u), Φ = id + u, u = net(I ⊕ J)).
 
 Every run lives in one folder (``runs.py``): ``config.json``, ``log.csv`` (one row per epoch) and
 ``checkpoint.pt``, all written atomically at the end of every epoch, so a killed run leaves the
-last finished epoch behind and ``resume=True`` continues from it. Each
-optimiser step seeds the random number generators from (seed, step): batch sampling,
-augmentation, noise and dropout are the same whether or not a run was interrupted.
+last finished epoch behind and ``resume=True`` continues from it. Every micro-batch (an
+optimiser step sums the gradients of ``accumulation`` of them) seeds the random number
+generators from (seed, index): batch sampling, augmentation, noise and dropout are the same
+whether or not a run was interrupted.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -24,15 +27,99 @@ from .config import RegistrationConfig, SegmentationConfig
 from .data.pairs import CaseStore, PairDataset, training_pairs
 from .evaluate import dice_per_class, evaluate_pairs, mean_dice
 from .features import DEFAULT_VGG_PATH, load_segmentation_extractor, load_vgg16
-from .losses import DeepSimLoss, VGGLoss, diffusion_regulariser, get_loss, one_hot
-from .runs import load_checkpoint, save_checkpoint, write_csv, write_json
-from .transform import warp
+from .losses import DeepSimLoss, VGGLoss, get_loss
+from .registration import registration_loss
+from .runs import (
+    CONFIG,
+    LOG,
+    checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+    write_csv,
+    write_json,
+)
 from .unet import UNet, registration_unet, segmentation_unet
 
 
 def step_seed(seed: int, step: int) -> int:
-    """The RNG seed of optimiser step ``step`` of a run seeded with ``seed``."""
+    """The RNG seed of micro-batch ``step`` of a run seeded with ``seed``."""
     return (seed * 1_000_003 + step) % 2**63
+
+
+def check_device(device: str) -> str:
+    """``device`` if it is ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` and usable here.
+
+    The one device check of both training loops: a ValueError naming the device otherwise.
+    """
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return device
+
+
+# ----------------------------------------------------------------------------- both loops
+
+
+def _open_run(data: str | Path, config, kind: str, device: str) -> tuple[CaseStore, dict]:
+    """The dataset of a run (checked against ``config.dataset``) and the run's config dict."""
+    store = CaseStore(data)
+    info = store.info
+    if info.name != config.dataset:
+        raise ValueError(f"config is for dataset {config.dataset!r} but {data} holds {info.name!r}")
+    check_device(device)
+    return store, {**config.to_dict(), "kind": kind, "ndim": info.ndim, "classes": info.classes}
+
+
+def _check_resumable(checkpoint: dict, config: dict, out: Path) -> None:
+    if checkpoint.get("config") != config:
+        old, new = checkpoint.get("config", {}), config
+        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ValueError(
+            f"{checkpoint_path(out)} was made with another config (differs in: "
+            f"{', '.join(differ)}); use another output folder or resume=False"
+        )
+
+
+def _resume(out: Path, run_config: dict, states: dict, device: str) -> tuple[list[dict], int, bool]:
+    """Continue the run in ``out`` if it has a checkpoint of the same config.
+
+    ``states``: checkpoint key → object with ``load_state_dict`` (model, optimiser, ...), loaded
+    in place. Returns (log, epochs done, finished); ``([], 0, False)`` for a new run.
+    """
+    if not checkpoint_path(out).exists():
+        return [], 0, False
+    checkpoint = load_checkpoint(checkpoint_path(out), map_location=device)
+    _check_resumable(checkpoint, run_config, out)
+    for key, obj in states.items():
+        obj.load_state_dict(checkpoint[key])
+    return checkpoint["log"], checkpoint["epoch"], checkpoint.get("finished", False)
+
+
+def _end_epoch(out: Path, log: list[dict], run_config: dict, states: dict, **progress) -> None:
+    """After an epoch: ``checkpoint.pt`` (every state of ``states``, ``progress`` such as the
+    epoch, the config and the log), then ``log.csv`` — each written atomically."""
+    checkpoint = {key: obj.state_dict() for key, obj in states.items()}
+    checkpoint.update(progress, config=run_config, log=log)
+    save_checkpoint(checkpoint_path(out), checkpoint)
+    write_csv(out / LOG, log)
+
+
+def _progress_bar(epochs: int, steps_per_epoch: int, start_epoch: int, show: bool, desc: str):
+    """A tqdm bar over all optimiser steps of the run, starting after the epochs already done."""
+    return tqdm(total=epochs * steps_per_epoch, initial=start_epoch * steps_per_epoch,
+                disable=not show, desc=desc, unit="step")  # fmt: skip
+
+
+def _seeded(seed: int, index: int) -> torch.Generator:
+    """Seed micro-batch ``index``: torch's global RNG (dropout) and the returned generator
+    (sampling, augmentation, noise) both start from ``step_seed(seed, index)``."""
+    torch.manual_seed(step_seed(seed, index))
+    return torch.Generator().manual_seed(step_seed(seed, index))
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -43,6 +130,18 @@ def sample_batch(store: CaseStore, cases: list[str], batch_size: int, generator:
     picks = torch.randint(len(cases), (batch_size,), generator=generator).tolist()
     images, labels = zip(*(store[cases[i]] for i in picks))
     return torch.stack(images), torch.stack(labels)
+
+
+def _segmentation_batch(
+    store: CaseStore, cases: list[str], config: SegmentationConfig, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """A training batch: sampled, one random affine, random crop, noise. ``(B, 1, *spatial)``."""
+    images, labels = sample_batch(store, cases, config.batch_size, generator)
+    (images,), (labels,) = augment_batch(
+        [images], [labels], AUGMENTATIONS[config.augmentation], generator
+    )
+    images, labels = random_crop([images, labels], config.crop, generator)
+    return add_noise(images, config.noise_sigma, generator), labels
 
 
 @torch.no_grad()
@@ -59,16 +158,6 @@ def evaluate_segmentation(model: UNet, store: CaseStore, split: str, device: str
     return {"val_loss": sum(losses) / len(losses), "val_dice": dice.mean().item()}
 
 
-def _check_resumable(checkpoint: dict, config: dict, out: Path) -> None:
-    if checkpoint.get("config") != config:
-        old, new = checkpoint.get("config", {}), config
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise ValueError(
-            f"{out / 'checkpoint.pt'} was made with another config (differs in: "
-            f"{', '.join(differ)}); use another output folder or resume=False"
-        )
-
-
 def train_segmentation(
     data: str | Path,
     out: str | Path,
@@ -80,88 +169,73 @@ def train_segmentation(
     """Train the segmentation U-Net on the training split of the dataset in ``data``.
 
     Cross-entropy, Adam, one random affine per batch (the paper) plus noise augmentation
-    (``config.noise_sigma``, ours). After every epoch: validation loss and foreground Dice,
-    ``log.csv``, ``checkpoint.pt``. Returns the last log row. With ``resume=True`` an existing
+    (``config.noise_sigma``, ours); an optimiser step averages the gradients of
+    ``config.accumulation`` batches. After every epoch: validation loss and foreground Dice,
+    the plateau LR schedule (``config.lr_patience``; None: constant lr), early stopping,
+    ``log.csv``, ``checkpoint.pt``; ``config.max_steps`` ends the run after that many optimiser
+    steps (the paper's brain extractor). Returns the last log row. With ``resume=True`` an existing
     checkpoint of the same config is continued (a finished run returns at once).
     """
     out = Path(out)
-    store = CaseStore(data)
-    info = store.info
-    if info.name != config.dataset:
-        raise ValueError(f"config is for dataset {config.dataset!r} but {data} holds {info.name!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    run_config = {
-        **config.to_dict(),
-        "kind": "segmentation",
-        "ndim": info.ndim,
-        "classes": info.classes,
-    }
-
+    store, run_config = _open_run(data, config, "segmentation", device)
+    info, accumulation = store.info, config.accumulation
     torch.manual_seed(config.seed)
     model = segmentation_unet(
         info.ndim, info.num_classes, config.encoder_channels, dropout=config.dropout
-    )
-    model.to(device)
+    ).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    log: list[dict] = []
-    start_epoch = 0
-    if resume and (out / "checkpoint.pt").exists():
-        checkpoint = load_checkpoint(out / "checkpoint.pt", map_location=device)
-        _check_resumable(checkpoint, run_config, out)
-        model.load_state_dict(checkpoint["model"])
-        optimiser.load_state_dict(checkpoint["optimizer"])
-        log, start_epoch = checkpoint["log"], checkpoint["epoch"]
-    write_json(out / "config.json", run_config)
-
-    augmentation = AUGMENTATIONS[config.augmentation]
-    cases = info.splits["train"]
-    steps_per_epoch = config.steps_per_epoch or math.ceil(len(cases) / config.batch_size)
-    total = config.epochs * steps_per_epoch
-    bar = tqdm(
-        total=total,
-        initial=start_epoch * steps_per_epoch,
-        disable=not progress,
-        desc=f"segmentation {info.name}",
-        unit="step",
+    states = {"model": model, "optimizer": optimiser}
+    if config.lr_patience is not None:  # the paper's plateau schedule (lr ×0.1)
+        states["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimiser, factor=config.lr_factor, patience=config.lr_patience
+        )
+    log, start_epoch, finished = (
+        _resume(out, run_config, states, device) if resume else ([], 0, False)
     )
-    for epoch in range(start_epoch, config.epochs):
+    if finished:
+        return log[-1]
+    write_json(out / CONFIG, run_config)
+
+    cases = info.splits["train"]
+    steps_per_epoch = config.steps_per_epoch or math.ceil(
+        len(cases) / (config.batch_size * accumulation)
+    )
+    epochs = config.epochs
+    if config.max_steps is not None:  # the paper's brain extractor: a step budget
+        epochs = min(epochs, math.ceil(config.max_steps / steps_per_epoch))
+    bar = _progress_bar(epochs, steps_per_epoch, start_epoch, progress,
+                        f"segmentation {info.name}")  # fmt: skip
+    for epoch in range(start_epoch, epochs):
         model.train()
         started, losses = time.perf_counter(), []
         for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
-            torch.manual_seed(step_seed(config.seed, step))  # sampling, augmentation, dropout
-            generator = torch.Generator().manual_seed(step_seed(config.seed, step))
-            images, labels = sample_batch(store, cases, config.batch_size, generator)
-            (images,), (labels,) = augment_batch([images], [labels], augmentation, generator)
-            images, labels = random_crop([images, labels], config.crop, generator)
-            images = add_noise(images, config.noise_sigma, generator)
-            logits = model(images.to(device))
-            loss = F.cross_entropy(logits, labels[:, 0].to(device))
+            if config.max_steps is not None and step >= config.max_steps:
+                break
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            for micro in range(accumulation):
+                generator = _seeded(config.seed, step * accumulation + micro)
+                images, labels = _segmentation_batch(store, cases, config, generator)
+                loss = F.cross_entropy(model(images.to(device)), labels[:, 0].to(device))
+                (loss / accumulation).backward()  # the mean gradient of the micro-batches
+                losses.append(loss.item())
             optimiser.step()
-            losses.append(loss.item())
             bar.update()
         row = {
             "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
+            "step": min((epoch + 1) * steps_per_epoch, config.max_steps or math.inf),
             "train_loss": sum(losses) / len(losses),
             **evaluate_segmentation(model, store, "val", device),
             "seconds": time.perf_counter() - started,
         }
         log.append(row)
+        if "scheduler" in states:
+            states["scheduler"].step(row["val_loss"])
+        finished = _no_improvement(log, config.early_stopping)
         bar.set_postfix(val_dice=f"{row['val_dice']:.3f}")
-        save_checkpoint(
-            out / "checkpoint.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimiser.state_dict(),
-                "epoch": epoch + 1,
-                "config": run_config,
-                "log": log,
-            },
-        )
-        write_csv(out / "log.csv", log)
+        _end_epoch(out, log, run_config, states, epoch=epoch + 1,
+                   finished=finished or epoch + 1 == epochs)  # fmt: skip
+        if finished:
+            break
     bar.close()
     return log[-1] if log else {}
 
@@ -176,7 +250,11 @@ def build_similarity(
     vgg: str | Path | None,
     device: str,
 ) -> torch.nn.Module:
-    """The similarity D of ``config.metric``; DeepSim loads its extractor, VGG its weights."""
+    """The similarity D of ``config.metric``; DeepSim loads its extractor, VGG its weights.
+
+    NCC and NCC-sup get ``config.ncc_window`` and ``config.ncc_border``; VGG is fed its input
+    in the convention ``config.vgg_input``.
+    """
     if config.metric == "deepsim":
         if extractor is None:
             raise ValueError(
@@ -187,31 +265,11 @@ def build_similarity(
         )
         return DeepSimLoss(net, levels=config.deepsim_levels)
     if config.metric == "vgg":
-        return VGGLoss(load_vgg16(vgg or DEFAULT_VGG_PATH, device=device))
+        weights = vgg or DEFAULT_VGG_PATH
+        return VGGLoss(load_vgg16(weights, device=device, convention=config.vgg_input))
     if config.metric in ("ncc", "ncc-sup"):
-        return get_loss(config.metric, window=config.ncc_window)
+        return get_loss(config.metric, window=config.ncc_window, border=config.ncc_border)
     return get_loss(config.metric)
-
-
-def registration_loss(
-    net, similarity, moving, fixed, moving_labels, fixed_labels, lam, num_classes, amp=False
-):
-    """Eq. 1: L = D(I∘Φ, J) + λ R(u), with u = net(I ⊕ J). Returns (L, D, R, u).
-
-    ``amp``: run the U-Net in float16 (CUDA); warp, similarity and regulariser always run in
-    float32 — NCC's local variances are differences of large sums that float16 cannot hold.
-    """
-    with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-        u = net(torch.cat([moving, fixed], dim=1))  # (B, ndim, *spatial)
-    u = u.float()
-    warped = warp(moving, u)
-    if getattr(similarity, "needs_labels", False):  # NCC-sup: linearly warped one-hot labels
-        labels = (warp(one_hot(moving_labels, num_classes), u), one_hot(fixed_labels, num_classes))
-        d = similarity(warped, fixed, *labels)
-    else:
-        d = similarity(warped, fixed)
-    r = diffusion_regulariser(u)
-    return d + lam * r, d, r, u
 
 
 def _to(device: str, *tensors: Tensor) -> list[Tensor]:
@@ -229,31 +287,40 @@ def sample_pairs(store: CaseStore, pairs: list[tuple[str, str]], batch_size: int
     return moving, fixed, moving_labels, fixed_labels
 
 
+def _registration_batch(
+    store: CaseStore, pairs: list[tuple[str, str]], config: RegistrationConfig, generator
+) -> list[Tensor]:
+    """A training batch of pairs: sampled, one random affine for all, random crop.
+
+    Returns moving, fixed ``(B, 1, *spatial)`` and their integer labels, on the CPU.
+    """
+    moving, fixed, ml, fl = sample_pairs(store, pairs, config.batch_size, generator)
+    (moving, fixed), (ml, fl) = augment_batch(
+        [moving, fixed], [ml, fl], AUGMENTATIONS[config.augmentation], generator
+    )
+    return random_crop([moving, fixed, ml, fl], config.crop, generator)
+
+
+def _no_improvement(log: list[dict], patience: int | None) -> bool:
+    """Early stopping: ``patience`` epochs have passed since the lowest validation loss."""
+    best = min(range(len(log)), key=lambda i: log[i]["val_loss"])
+    return patience is not None and len(log) - 1 - best >= patience
+
+
 @torch.no_grad()
 def validate_registration(net, similarity, pairs: PairDataset, lam: float, device: str) -> dict:
-    """Validation loss parts, mean foreground Dice and folding fraction over the pairs."""
-    net.eval()
-    losses, parts_d, parts_r = [], [], []
-    for item in pairs:
-        moving, fixed, ml, fl = _to(
-            device,
-            item["moving"][None],
-            item["fixed"][None],
-            item["moving_labels"][None],
-            item["fixed_labels"][None],
-        )
-        loss, d, r, _ = registration_loss(
-            net, similarity, moving, fixed, ml, fl, lam, pairs.info.num_classes
-        )
-        losses.append(loss.item()), parts_d.append(d.item()), parts_r.append(r.item())
-    rows = evaluate_pairs(net, pairs, device)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    """Validation loss parts, mean foreground Dice and folding fraction over the pairs.
+
+    One forward pass per pair (``evaluate.evaluate_pairs`` with the similarity and λ).
+    """
+    rows = evaluate_pairs(net, pairs, device, similarity=similarity, lam=lam)
+    mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
     return {
-        "val_loss": mean(losses),
-        "val_similarity": mean(parts_d),
-        "val_regulariser": mean(parts_r),
-        "val_dice": mean([r["dice"] for r in rows]),
-        "val_folding": mean([r["folding_fraction"] for r in rows]),
+        "val_loss": mean("loss"),
+        "val_similarity": mean("similarity"),
+        "val_regulariser": mean("regulariser"),
+        "val_dice": mean("dice"),
+        "val_folding": mean("folding_fraction"),
     }
 
 
@@ -276,18 +343,8 @@ def train_registration(
     mixed precision (fp16 autocast + gradient scaling), cudnn benchmark, pinned memory.
     """
     out = Path(out)
-    store = CaseStore(data)
-    info = store.info
-    if info.name != config.dataset:
-        raise ValueError(f"config is for dataset {config.dataset!r} but {data} holds {info.name!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    run_config = {
-        **config.to_dict(),
-        "kind": "registration",
-        "ndim": info.ndim,
-        "classes": info.classes,
-    }
+    store, run_config = _open_run(data, config, "registration", device)
+    info, accumulation = store.info, config.accumulation
     similarity = build_similarity(config, info.ndim, extractor, vgg, device)
     use_amp = config.amp and device.startswith("cuda")
     if device.startswith("cuda"):
@@ -300,33 +357,21 @@ def train_registration(
         optimiser, factor=config.lr_factor, patience=config.lr_patience
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    log: list[dict] = []
-    start_epoch, finished = 0, False
-    if resume and (out / "checkpoint.pt").exists():
-        checkpoint = load_checkpoint(out / "checkpoint.pt", map_location=device)
-        _check_resumable(checkpoint, run_config, out)
-        net.load_state_dict(checkpoint["model"])
-        optimiser.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        log, start_epoch, finished = checkpoint["log"], checkpoint["epoch"], checkpoint["finished"]
+    states = {"model": net, "optimizer": optimiser, "scheduler": scheduler, "scaler": scaler}
+    log, start_epoch, finished = (
+        _resume(out, run_config, states, device) if resume else ([], 0, False)
+    )
     if finished:
         return log
-    write_json(out / "config.json", run_config)
+    write_json(out / CONFIG, run_config)
 
-    augmentation = AUGMENTATIONS[config.augmentation]
     val_pairs = PairDataset(store, "val")
     n_train = len(training_pairs(info, "train", 0, config.seed))
     steps_per_epoch = config.steps_per_epoch or math.ceil(
-        n_train / (config.batch_size * config.accumulation)
+        n_train / (config.batch_size * accumulation)
     )
-    bar = tqdm(
-        total=config.epochs * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        disable=not progress,
-        desc=f"{info.name} {config.metric}",
-        unit="step",
-    )
+    bar = _progress_bar(config.epochs, steps_per_epoch, start_epoch, progress,
+                        f"{info.name} {config.metric}")  # fmt: skip
     for epoch in range(start_epoch, config.epochs):
         net.train()
         pairs = training_pairs(info, "train", epoch, config.seed)  # neighbours redrawn per epoch
@@ -334,23 +379,18 @@ def train_registration(
         grad_norm_max = 0.0  # the largest ‖∂L/∂θ‖₂ of the epoch: a divergence shows here
         for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
             optimiser.zero_grad(set_to_none=True)
-            for micro in range(config.accumulation):
-                seed = step_seed(config.seed, step * config.accumulation + micro)
-                torch.manual_seed(seed)  # dropout
-                generator = torch.Generator().manual_seed(seed)
-                moving, fixed, ml, fl = sample_pairs(store, pairs, config.batch_size, generator)
-                (moving, fixed), (ml, fl) = augment_batch(
-                    [moving, fixed], [ml, fl], augmentation, generator
-                )
+            for micro in range(accumulation):
+                generator = _seeded(config.seed, step * accumulation + micro)
                 moving, fixed, ml, fl = _to(
-                    device, *random_crop([moving, fixed, ml, fl], config.crop, generator)
+                    device, *_registration_batch(store, pairs, config, generator)
                 )
-                loss, d, r, _ = registration_loss(
-                    net, similarity, moving, fixed, ml, fl, config.lam, info.num_classes, use_amp
-                )
-                scaler.scale(loss / config.accumulation).backward()
-                for key, value in zip(sums, (loss, d, r)):
-                    sums[key] += value.item() / (steps_per_epoch * config.accumulation)
+                parts = registration_loss(
+                    net, moving, fixed, similarity=similarity, lam=config.lam, moving_labels=ml,
+                    fixed_labels=fl, num_classes=info.num_classes, amp=use_amp,
+                )  # fmt: skip
+                scaler.scale(parts.loss / accumulation).backward()
+                for key in sums:  # loss, similarity, regulariser: epoch means
+                    sums[key] += getattr(parts, key).item() / (steps_per_epoch * accumulation)
             scaler.unscale_(optimiser)  # the true gradient (undo the fp16 loss scaling)
             grads = [p.grad for p in net.parameters() if p.grad is not None]
             grad_norm_max = max(grad_norm_max, torch.nn.utils.get_total_norm(grads).item())
@@ -368,25 +408,10 @@ def train_registration(
         }
         log.append(row)
         scheduler.step(row["val_loss"])
-        best = min(range(len(log)), key=lambda i: log[i]["val_loss"])
-        finished = (
-            config.early_stopping is not None and len(log) - 1 - best >= config.early_stopping
-        )
+        finished = _no_improvement(log, config.early_stopping)
         bar.set_postfix(val_dice=f"{row['val_dice']:.3f}", lr=f"{row['lr']:.0e}")
-        save_checkpoint(
-            out / "checkpoint.pt",
-            {
-                "model": net.state_dict(),
-                "optimizer": optimiser.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch + 1,
-                "finished": finished or epoch + 1 == config.epochs,
-                "config": run_config,
-                "log": log,
-            },
-        )
-        write_csv(out / "log.csv", log)
+        _end_epoch(out, log, run_config, states, epoch=epoch + 1,
+                   finished=finished or epoch + 1 == config.epochs)  # fmt: skip
         if finished:
             break
     bar.close()

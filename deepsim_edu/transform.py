@@ -136,31 +136,88 @@ def warp(
     return warped if image.is_floating_point() else warped.round().to(image.dtype)
 
 
-def jacobian_matrix(displacement: Tensor) -> Tensor:
+DIFFERENCE_SCHEMES = ("forward", "central")
+
+
+def _check_scheme(scheme: str) -> None:
+    if scheme not in DIFFERENCE_SCHEMES:
+        raise ValueError(
+            f"scheme must be one of {', '.join(map(repr, DIFFERENCE_SCHEMES))}, got {scheme!r}"
+        )
+
+
+def forward_differences(u: Tensor) -> list[Tensor]:
+    """Forward differences u(x + e_j) − u(x) along every spatial axis j, each ``u.shape``.
+
+    ``u``: ``(B, C, *spatial)``. The last slice along j is padded by replication, so its
+    difference is 0 (the paper's code). Used by ``jacobian_matrix`` and the diffusion
+    regulariser (``losses.diffusion_regulariser``).
+    """
+    diffs = []
+    for axis in range(2, u.dim()):
+        d = torch.diff(u, dim=axis)
+        # the last slice has no forward neighbour: replicate padding of u, i.e. a zero difference
+        diffs.append(torch.cat([d, torch.zeros_like(u.narrow(axis, 0, 1))], dim=axis))
+    return diffs
+
+
+def jacobian_matrix(displacement: Tensor, scheme: str = "forward") -> Tensor:
     """The Jacobian of Φ = id + u at every voxel: ``J_ij = δ_ij + ∂u_i/∂x_j``.
 
-    Derivatives are central differences inside and one-sided differences at the border
-    (``torch.gradient``); they are exact for an affine Φ. Returns ``(B, *spatial, ndim, ndim)``.
+    ``scheme`` chooses the finite differences for ∂/∂x_j:
+
+    * ``"forward"`` (default, the paper's code): ∂_j u(x) ≈ u(x + e_j) − u(x). The last slice
+      along axis j has no forward neighbour; it is padded by replication, so its derivative
+      along j is 0 (DeepSimRegistration: torchreg/metrics/metrics.py, ``JacobianDeterminant``
+      with ``preserve_size=True``, and its diffusion regulariser ``GradNorm``).
+    * ``"central"``: (u(x + e_j) − u(x − e_j)) / 2 inside, one-sided at the border
+      (``torch.gradient``). Central differences are blind to a two-voxel oscillation: a
+      checkerboard u has ∂u = 0 at every interior voxel, although Φ folds between neighbours.
+
+    Both are exact for an affine Φ (forward: except on the padded last slices).
+    Returns ``(B, *spatial, ndim, ndim)``.
     """
+    _check_scheme(scheme)
     ndim = displacement.shape[1]
     if displacement.dim() != ndim + 2:
         raise ValueError(
             f"displacement must be (B, ndim, *spatial), got shape {tuple(displacement.shape)}"
         )
-    spatial_axes = tuple(range(2, ndim + 2))
-    # du[j] = ∂u/∂x_j, each (B, ndim, *spatial)
-    du = torch.gradient(displacement, dim=spatial_axes)
-    # (B, ndim_i, ndim_j, *spatial) -> (B, *spatial, ndim_i, ndim_j)
+    if scheme == "forward":
+        du = forward_differences(displacement)
+    else:
+        du = torch.gradient(displacement, dim=tuple(range(2, ndim + 2)))
+    # du[j] = ∂u/∂x_j, each (B, ndim, *spatial); stack to (B, ndim_i, ndim_j, *spatial),
+    # then move to (B, *spatial, ndim_i, ndim_j)
     grad = torch.stack(du, dim=2).movedim((1, 2), (-2, -1))
     return grad + torch.eye(ndim, dtype=grad.dtype, device=grad.device)
 
 
-def jacobian_determinant(displacement: Tensor) -> Tensor:
-    """det(∇Φ) per voxel, signed: > 1 expands, < 1 shrinks, ≤ 0 folds. ``(B, *spatial)``."""
-    return torch.linalg.det(jacobian_matrix(displacement))
+def jacobian_determinant(displacement: Tensor, scheme: str = "forward") -> Tensor:
+    """det(∇Φ) per voxel, signed: > 1 expands, < 1 shrinks, < 0 folds. ``(B, *spatial)``.
+
+    ``scheme``: the finite differences of :func:`jacobian_matrix` (default ``"forward"``, the
+    paper's). With forward differences the last slice along each axis is replicate-padded.
+    """
+    return torch.linalg.det(jacobian_matrix(displacement, scheme))
 
 
-def folding_fraction(displacement: Tensor) -> Tensor:
-    """Fraction of voxels where Φ folds (det ∇Φ ≤ 0), per batch element. ``(B,)``."""
-    det = jacobian_determinant(displacement)
-    return (det <= 0).flatten(1).float().mean(1)
+def folding_fraction(displacement: Tensor, scheme: str = "forward") -> Tensor:
+    """Fraction of voxels where Φ folds, det ∇Φ < 0, per batch element. ``(B,)``.
+
+    As the paper's code (DeepSimRegistration: src/registration_model.py, ``_step``:
+    ``(jac_dets < 0).float().mean()`` of torchreg/metrics/metrics.py ``JacobianDeterminant``):
+    strictly negative determinants, and with the default forward differences counted only over
+    the voxels that have a forward neighbour along every axis (the last slice along each axis is
+    cropped, not padded). With ``scheme="central"`` every voxel counts.
+    (One difference remains: the paper's code takes the absolute value of every difference
+    before forming the determinant, which hides mirror-like folds; we keep the signs.)
+    """
+    det = jacobian_determinant(displacement, scheme)
+    if scheme == "forward":
+        if any(n < 2 for n in det.shape[1:]):
+            raise ValueError(
+                f"forward differences need >= 2 voxels along every axis, got {tuple(det.shape[1:])}"
+            )
+        det = det[(slice(None),) + (slice(0, -1),) * (det.dim() - 1)]
+    return (det < 0).flatten(1).float().mean(1)

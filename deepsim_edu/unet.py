@@ -8,14 +8,17 @@ The paper (Sec. 3, Fig. 1) uses the same U-Net backbone for both tasks:
 * **segmentation net**: input one image, output class logits; after training it is frozen and
   the outputs of its encoder stages are DeepSim's feature maps F_l (paper Eq. 2).
 
-Architecture, as in the paper's code (see ``shared/paper/reference_facts.md``):
+Architecture, as in the paper's code (DeepSimRegistration: src/models/backbone.py for the
+backbone and the registration head ``FlowPredictor``, src/models/UNet.py for the segmentation
+head):
 
 * encoder stage: BatchNorm → conv 4×4 stride 2 (downsamples, no pooling) → LeakyReLU(0.2) →
   conv 3×3 → LeakyReLU(0.2) → channel dropout;
 * decoder stage: conv 3×3 → LeakyReLU → conv 3×3 → LeakyReLU → channel dropout (no BatchNorm),
   then ×2 (bi/tri)linear upsampling and concatenation of the encoder activation of the same
   resolution (the raw input at full resolution);
-* head: conv 3×3 → LeakyReLU → conv 3×3 → LeakyReLU → conv 3×3 to the output channels.
+* head: conv 3×3 → LeakyReLU → conv 3×3 → LeakyReLU → a last conv to the output channels,
+  3×3 in the registration net, 1×1 (a per-pixel linear classifier) in the segmentation net.
 
 With encoder channels (64, 128, 256) a 2D input ``(B, C, H, W)`` gives encoder outputs
 ``(B, 64, H/2, W/2)``, ``(B, 128, H/4, W/4)``, ``(B, 256, H/8, W/8)``. 2D and 3D share the code:
@@ -43,39 +46,39 @@ def _layers(ndim: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module
     )
 
 
+def _two_convs(
+    ndim: int, in_channels: int, out_channels: int, dropout: float, first: dict
+) -> list[nn.Module]:
+    """conv (``first``: its kernel, stride, padding) → LReLU(0.2) → conv 3 → LReLU(0.2)
+    [→ channel dropout]: the body of every encoder and decoder stage."""
+    Conv, _, Dropout = _layers(ndim)
+    layers: list[nn.Module] = [
+        Conv(in_channels, out_channels, **first),
+        nn.LeakyReLU(0.2),
+        Conv(out_channels, out_channels, kernel_size=3, padding=1),
+        nn.LeakyReLU(0.2),
+    ]
+    return layers + [Dropout(dropout)] if dropout > 0 else layers
+
+
 class EncoderStage(nn.Sequential):
     """BatchNorm → conv 4, stride 2 → LReLU → conv 3 → LReLU → dropout. Halves the size."""
 
     def __init__(
         self, ndim: int, in_channels: int, out_channels: int, dropout: float, batchnorm: bool
     ):
-        Conv, BatchNorm, Dropout = _layers(ndim)
+        _, BatchNorm, _ = _layers(ndim)
         layers: list[nn.Module] = [BatchNorm(in_channels)] if batchnorm else []
-        layers += [
-            Conv(in_channels, out_channels, kernel_size=4, stride=2, padding=1),
-            nn.LeakyReLU(0.2),
-            Conv(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.LeakyReLU(0.2),
-        ]
-        if dropout > 0:
-            layers.append(Dropout(dropout))
-        super().__init__(*layers)
+        down = {"kernel_size": 4, "stride": 2, "padding": 1}  # the strided 4-conv halves the size
+        super().__init__(*layers, *_two_convs(ndim, in_channels, out_channels, dropout, down))
 
 
 class DecoderStage(nn.Sequential):
     """conv 3 → LReLU → conv 3 → LReLU → dropout. Keeps the spatial size."""
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, dropout: float):
-        Conv, _, Dropout = _layers(ndim)
-        layers: list[nn.Module] = [
-            Conv(in_channels, out_channels, kernel_size=3, padding=1),
-            nn.LeakyReLU(0.2),
-            Conv(out_channels, out_channels, kernel_size=3, padding=1),
-            nn.LeakyReLU(0.2),
-        ]
-        if dropout > 0:
-            layers.append(Dropout(dropout))
-        super().__init__(*layers)
+        same = {"kernel_size": 3, "padding": 1}
+        super().__init__(*_two_convs(ndim, in_channels, out_channels, dropout, same))
 
 
 class UNet(nn.Module):
@@ -93,6 +96,8 @@ class UNet(nn.Module):
         batchnorm: BatchNorm at the start of each encoder stage.
         zero_init_output: draw the last convolution's weights from N(0, 1e-5²) and zero its bias,
             so a registration net starts at u ≈ 0, i.e. Φ ≈ id.
+        output_kernel_size: kernel size of the last convolution, 3 (registration) or 1
+            (segmentation), odd so that the spatial size is kept.
     """
 
     def __init__(
@@ -105,9 +110,12 @@ class UNet(nn.Module):
         dropout: float = 0.5,
         batchnorm: bool = True,
         zero_init_output: bool = False,
+        output_kernel_size: int = 3,
     ):
         super().__init__()
         Conv, _, _ = _layers(ndim)
+        if output_kernel_size < 1 or output_kernel_size % 2 == 0:
+            raise ValueError(f"output_kernel_size must be odd and >= 1, got {output_kernel_size}")
         encoder_channels = list(encoder_channels)
         decoder_channels = list(decoder_channels or reversed(encoder_channels))
         if len(decoder_channels) != len(encoder_channels):
@@ -136,7 +144,12 @@ class UNet(nn.Module):
             nn.LeakyReLU(0.2),
             Conv(previous, previous, kernel_size=3, padding=1),
             nn.LeakyReLU(0.2),
-            Conv(previous, out_channels, kernel_size=3, padding=1),
+            Conv(
+                previous,
+                out_channels,
+                kernel_size=output_kernel_size,
+                padding=output_kernel_size // 2,
+            ),
         )
         if zero_init_output:
             last = self.head[-1]
@@ -185,12 +198,20 @@ class UNet(nn.Module):
 
 
 def registration_unet(ndim: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw) -> UNet:
-    """Registration net: moving ⊕ fixed ``(B, 2, *spatial)`` → u ``(B, ndim, *spatial)``."""
+    """Registration net: moving ⊕ fixed ``(B, 2, *spatial)`` → u ``(B, ndim, *spatial)``.
+
+    Last convolution 3×3, weights ~ N(0, 1e-5²), bias 0 (DeepSimRegistration:
+    src/models/backbone.py, ``FlowPredictor``).
+    """
     return UNet(ndim, 2, ndim, encoder_channels, zero_init_output=True, **kw)
 
 
 def segmentation_unet(
     ndim: int, num_classes: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw
 ) -> UNet:
-    """The segmentation net (DeepSim's feature extractor): image ``(B, 1, *spatial)`` → logits."""
-    return UNet(ndim, 1, num_classes, encoder_channels, **kw)
+    """The segmentation net (DeepSim's feature extractor): image ``(B, 1, *spatial)`` → logits.
+
+    Last convolution 1×1, a per-pixel linear classifier (DeepSimRegistration:
+    src/models/UNet.py, ``UNet.pred``).
+    """
+    return UNet(ndim, 1, num_classes, encoder_channels, output_kernel_size=1, **kw)

@@ -7,7 +7,7 @@ image reads its value. Straight lines mean u is constant; crossing lines mean fo
 
 The paper's figures, drawn from a results folder and the data (convergence, Fig. 2a grid,
 Fig. 2b noisy patch, feature maps, boxplots, det ∇Φ maps, ``save_figures``), live in
-``figures.py``; they are re-exported here, so ``viz.save_figures`` works too.
+``figures.py``, which draws with these primitives (this module imports nothing of the library).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ METRIC_LABELS = {"mse": "MSE", "ncc": "NCC", "ncc-sup": "NCC-sup", "vgg": "VGG",
 BEFORE_COLOUR = "#7f7f7f"  # "before registration" (identity Φ)
 # label contours of the figures: bright colours that none of the metric colours uses
 LABEL_COLOURS = ("#ffd92f", "#17becf", "#f781bf", "#a6d854")
-FOLDING_COLOUR = "#39ff14"  # det ∇Φ ≤ 0 on a Jacobian map
+FOLDING_COLOUR = "#39ff14"  # det ∇Φ < 0 on a Jacobian map
 
 
 def metric_colour(metric: str) -> str:
@@ -143,7 +143,7 @@ def draw_jacobian(ax, det, halfwidth: float | None = None, title: str = ""):
 
     Blue: det < 1 (the warp shrinks), red: det > 1 (it expands), white: 1. The colour scale runs
     over [1 − h, 1 + h] with h = ``halfwidth`` (default: the largest |det − 1|, kept within
-    [0.05, 1]); values beyond are clipped. Folding voxels, det ≤ 0, are painted in
+    [0.05, 1]); values beyond are clipped. Folding voxels, det < 0, are painted in
     ``FOLDING_COLOUR`` over the map. Returns the image artist (for a colour bar).
     """
     det = _numpy2d(det)
@@ -151,7 +151,7 @@ def draw_jacobian(ax, det, halfwidth: float | None = None, title: str = ""):
         halfwidth = float(np.clip(np.abs(det - 1).max(), 0.05, 1.0))
     norm = TwoSlopeNorm(vcenter=1.0, vmin=1.0 - halfwidth, vmax=1.0 + halfwidth)
     artist = ax.imshow(det, cmap="RdBu_r", norm=norm, interpolation="nearest")
-    folding = det <= 0
+    folding = det < 0
     if folding.any():
         ax.imshow(np.ma.masked_where(~folding, np.ones_like(det)), interpolation="nearest",
                   cmap=ListedColormap([FOLDING_COLOUR]), vmin=0, vmax=1)  # fmt: skip
@@ -280,15 +280,6 @@ def plot_landscape(table, normalise: bool = True) -> Figure:
     return fig
 
 
-# the figures of the paper live in figures.py (they need the data, checkpoints and results
-# loaders); re-exported lazily so that `from deepsim_edu.viz import save_figures` works without
-# an import cycle (figures.py imports the primitives above).
-_FIGURES = (
-    "plot_convergence", "plot_registration_grid", "plot_noisy_patch", "plot_feature_maps",
-    "plot_dice_boxplots", "plot_jacobian", "save_figures",
-)  # fmt: skip
-
-
 def plot_noise_sweep(sweep) -> Figure:
     """Test Dice and folding against added noise σ, one curve per metric (mean ± sem over pairs).
 
@@ -310,11 +301,3 @@ def plot_noise_sweep(sweep) -> Figure:
     ax_dice.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def __getattr__(name: str):
-    if name in _FIGURES:
-        from . import figures
-
-        return getattr(figures, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

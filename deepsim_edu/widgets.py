@@ -14,17 +14,17 @@ to keep the saved state small.
 * ``metric_explorer`` MSE, NCC, VGG, DeepSim of a shifted, contrast-changed, noisy image, and
   their landscapes over the shift (``losses``, ``landscape``)
 * ``lambda_explorer`` a λ sweep: validation Dice vs λ, a pair registered by each λ's net
-  (``experiment``, ``evaluate``)
+  (``runs.sweep_table``, ``registration``, ``evaluate``)
 * ``dataset_browser`` the cases of a dataset folder, label contours, noisy patches (``data``)
 
-No registration math lives here: the widgets call ``transform``, ``losses``, ``landscape``,
-``evaluate`` and ``viz``, and only arrange the pictures.
+Only widgets live here: no registration math, no finding of runs or datasets. The widgets call
+``transform``, ``losses``, ``landscape``, ``registration``, ``evaluate``, ``runs``, ``data`` and
+``viz``, and only arrange the pictures.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Sequence
 from contextlib import contextmanager
 from html import escape
@@ -38,21 +38,16 @@ from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from .data.embedded import resolve_dataset
-from .data.layout import (
-    DATASET_NAMES,
-    SPLITS,
-    check_dataset_name,
-    load_info,
-    read_case,
-    read_noise_mask,
-)
+from . import registration
+from .data.demo_pair import make_demo_pair
+from .data.embedded import datasets_in, resolve_dataset
+from .data.layout import SPLITS, check_dataset_name, load_info, read_case, read_noise_mask
 from .data.pairs import PairDataset
 from .data.synth import random_displacement
-from .demo import make_demo_pair
-from .evaluate import dice, load_log, load_registration_net
+from .evaluate import dice
 from .landscape import metric_landscape
 from .losses import DeepSimLoss, VGGLoss, get_loss
+from .runs import has_checkpoint, load_registration_net, sweep_table
 from .transform import folding_fraction, jacobian_determinant, warp
 from .viz import draw_grid, show_image
 
@@ -211,7 +206,7 @@ class WarpExplorer(Explorer):
         show_image(axes[1], warped, title="warped I∘Φ and the grid of Φ")
         draw_grid(axes[1], u, spacing=max(4, height // 16))
         _fit_axes(axes[1], height, width)
-        # det ∇Φ: white = volume kept (1), red = expanded, blue = shrunk; black = folded (≤ 0)
+        # det ∇Φ: white = volume kept (1), red = expanded, blue = shrunk; black = folded (< 0)
         shown = axes[2].imshow(det.numpy(), cmap="RdBu_r", norm=TwoSlopeNorm(1.0, 0.0, 2.0))
         folded = np.ma.masked_where(det.numpy() > 0, np.zeros(det.shape))
         axes[2].imshow(folded, cmap=ListedColormap(["black"]), interpolation="nearest")
@@ -369,49 +364,6 @@ def metric_explorer(
 # ----------------------------------------------------------------------------- λ sweep
 
 
-def sweep_table(folder: str | Path) -> pd.DataFrame:
-    """The runs of a λ sweep: columns ``lam``, ``best_val_dice``, ``run`` (folder or None),
-    ``selected``, sorted by λ.
-
-    ``folder``: the ``<root>/<dataset>/<metric>`` folder of ``experiment.sweep_lambda``
-    (``sweep.csv`` and ``sweep/lam_<λ>/``) or its ``sweep/`` folder. Run folders give λ from
-    their ``config.json`` and the best validation Dice from their ``log.csv``; ``sweep.csv``
-    adds λs whose run folders are gone and says which λ was selected.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such folder (expected a λ sweep's folder)")
-    rows: dict[float, dict] = {}
-    for sub in (folder, folder / "sweep"):
-        for run in sorted(sub.glob("lam_*")):
-            if not (run / "log.csv").is_file():
-                continue
-            config = run / "config.json"
-            lam = json.loads(config.read_text())["lam"] if config.is_file() else float(run.name[4:])
-            best = float(load_log(run)["val_dice"].max())
-            rows[float(lam)] = {"lam": float(lam), "best_val_dice": best, "run": run}
-    for csv in (
-        folder / "sweep.csv",
-        folder.parent / "sweep.csv" if folder.name == "sweep" else None,
-    ):
-        if csv is None or not csv.is_file():
-            continue
-        for record in pd.read_csv(csv).to_dict("records"):
-            row = rows.setdefault(float(record["lam"]), {"lam": float(record["lam"]), "run": None})
-            row.setdefault("best_val_dice", float(record["best_val_dice"]))
-            row["selected"] = bool(record.get("selected", False))
-    if not rows:
-        raise FileNotFoundError(
-            f"{folder}: no λ-sweep runs (no lam_<λ>/ folders with a log.csv in it or in its "
-            "sweep/, and no sweep.csv); run `python -m deepsim_edu sweep-lambda` first"
-        )
-    table = pd.DataFrame(sorted(rows.values(), key=lambda r: r["lam"]))
-    if "selected" not in table or not table["selected"].fillna(False).any():
-        table["selected"] = table.index == table["best_val_dice"].idxmax()
-    table["selected"] = table["selected"].fillna(False).astype(bool)
-    return table
-
-
 def _slice(array, axis: int, index: int):
     """``array[..., index, ...]`` along spatial ``axis`` of a ``(*spatial)`` array or tensor."""
     return array.select(axis, index) if isinstance(array, Tensor) else np.take(array, index, axis)
@@ -449,11 +401,11 @@ class LambdaExplorer(Explorer):
         """Register pair ``index`` with λ's net: images, u, Dice before/after, folding."""
         item = self.pairs[index]
         moving, fixed = item["moving"][None], item["fixed"][None]  # (1, 1, *spatial)
-        u = self._net(lam)(torch.cat([moving, fixed], dim=1)).float()  # (1, ndim, *spatial)
+        u, warped = registration.register(self._net(lam), moving, fixed)  # u: (1, ndim, ...)
         warped_labels = warp(item["moving_labels"][None], u, mode="nearest")
         classes = self.pairs.info.num_classes
         return {
-            "item": item, "u": u, "warped": warp(moving, u),
+            "item": item, "u": u, "warped": warped,
             "dice_before": dice(item["moving_labels"][None], item["fixed_labels"][None],
                                 classes).item(),
             "dice": dice(warped_labels, item["fixed_labels"][None], classes).item(),
@@ -463,7 +415,7 @@ class LambdaExplorer(Explorer):
     def draw(self) -> Figure:
         lam = self.value("lam")
         row = self.table.loc[self.table["lam"] == lam].iloc[0]
-        has_run = row["run"] is not None and (Path(row["run"]) / "checkpoint.pt").is_file()
+        has_run = has_checkpoint(row["run"])
         show_pair = self.pairs is not None and has_run
         self.summary = {"λ": f"{lam:g}", "best val Dice": float(row["best_val_dice"])}
 
@@ -525,14 +477,12 @@ def lambda_explorer(sweep_dir_or_run_root, data_dir=None, split: str = "val") ->
     checkpoints and the data are there.
 
     ``sweep_dir_or_run_root``: ``<root>/<dataset>/<metric>`` (with ``sweep.csv`` and
-    ``sweep/lam_<λ>/``) or its ``sweep/`` folder (see ``sweep_table``). ``data_dir``: the
+    ``sweep/lam_<λ>/``) or its ``sweep/`` folder (see ``runs.sweep_table``). ``data_dir``: the
     dataset (``data.embedded.resolve_dataset``); None: ``data/<dataset>`` if it exists, else
     the curve only. FileNotFoundError names the folder if it holds no runs.
     """
     table = sweep_table(sweep_dir_or_run_root)
-    runs = [
-        Path(r) for r in table["run"] if r is not None and (Path(r) / "checkpoint.pt").is_file()
-    ]
+    runs = [Path(r) for r in table["run"] if has_checkpoint(r)]
     pairs = None
     if runs:
         dataset = load_registration_net(runs[0])[1]["dataset"]
@@ -544,22 +494,6 @@ def lambda_explorer(sweep_dir_or_run_root, data_dir=None, split: str = "val") ->
 
 
 # ----------------------------------------------------------------------------- datasets
-
-
-def datasets_in(data_dir: str | Path) -> dict[str, Path]:
-    """The datasets in a data folder: name → folder, for ``<data_dir>/<name>/dataset.json``
-    (or ``data_dir`` itself when it is a dataset folder)."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"{data_dir}: no such folder (expected a data folder holding "
-                                "<dataset>/dataset.json)")  # fmt: skip
-    found = {}
-    if (data_dir / "dataset.json").is_file():
-        found[load_info(data_dir).name] = data_dir
-    for name in DATASET_NAMES:
-        if (data_dir / name / "dataset.json").is_file():
-            found.setdefault(name, data_dir / name)
-    return found
 
 
 class DatasetBrowser(Explorer):

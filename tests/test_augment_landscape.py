@@ -1,5 +1,6 @@
 """Affine augmentation against torch.rot90 / flips, and the metric landscape's analytic values."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from deepsim_edu.augment import (
+    AUGMENTATIONS,
     AffineAugmentation,
     add_noise,
     affine_displacement,
@@ -56,6 +58,75 @@ def test_random_affine_respects_ranges():
         assert torch.linalg.det(matrix) == pytest.approx(1.0)  # a rotation, no flip
         assert math.degrees(math.acos((matrix.trace().item() - 1) / 2)) <= 5 * math.sqrt(3)
         assert translation.abs().max() == 0
+
+
+def test_padding_is_zeros_corners_of_a_rotated_image_of_ones():
+    # rotating by 45° about the centre sends the corners' sample points outside the image
+    c = math.cos(math.pi / 4)
+    rot45 = torch.tensor([[c, -c], [c, c]], dtype=torch.float64)
+    u = affine_displacement(rot45, torch.zeros(2, dtype=torch.float64), (33, 33))
+    ones = torch.ones(1, 1, 33, 33)
+    rotated = warp(ones, u, padding=AffineAugmentation().padding)
+    assert rotated[0, 0, 16, 16] == 1.0
+    for corner in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
+        assert rotated[(0, 0, *corner)] == 0.0
+    # the presets, through augment_batch: a corner whose sample point A(x − c) + c lies more
+    # than a voxel outside reads only padding, i.e. exactly 0 (image) and background (labels)
+    size, centre = 32, 15.5
+    hits = 0
+    for seed in range(12):
+        (image,), (labels,) = augment_batch(
+            [torch.ones(1, 1, size, size)], [torch.ones(1, 1, size, size, dtype=torch.long)],
+            AUGMENTATIONS["2d"], torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        matrix, _ = random_affine(2, AUGMENTATIONS["2d"], torch.Generator().manual_seed(seed))
+        for corner in [(0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1)]:
+            x = torch.tensor(corner, dtype=torch.float64) - centre
+            sample = matrix @ x + centre  # the shift (≤ 1 voxel) is covered by the margin 2
+            if ((sample < -2) | (sample > size + 1)).any():
+                hits += 1
+                assert image[(0, 0, *corner)] == 0.0 and labels[(0, 0, *corner)] == 0
+    assert hits >= 6  # most random rotations push some corner out
+
+
+def test_brain_preset_flips_every_axis():
+    brain = AUGMENTATIONS["brain"]
+    # with rotation ≤ 5° (scale 1, no shear) the diagonal of R·F has the sign of the flips F
+    flipped = np.zeros(3, dtype=int)
+    for seed in range(24):
+        matrix, _ = random_affine(3, brain, torch.Generator().manual_seed(seed))
+        signs = torch.sign(torch.diagonal(matrix))
+        assert torch.linalg.det(matrix).item() == pytest.approx(signs.prod().item())
+        flipped += (signs < 0).numpy()
+    assert (flipped > 0).all() and (flipped < 24).all()  # each axis flipped, but not always
+    # the warp itself: without rotation the brain preset is a random subset of torch.flip's
+    volume = torch.rand(1, 1, 6, 7, 8)
+    flips_only = dataclasses.replace(brain, rotation=0.0)
+    seen = set()
+    for seed in range(24):
+        (out,), _ = augment_batch([volume], [], flips_only, torch.Generator().manual_seed(seed))
+        for dims in [(), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4)]:
+            if torch.allclose(out, volume.flip(dims) if dims else volume, atol=1e-5):
+                seen.add(dims)
+                break
+        else:
+            raise AssertionError(f"seed {seed}: not a flip of the volume")
+    assert {axis for dims in seen for axis in dims} == {2, 3, 4}
+
+
+def test_shear_is_bounded_by_0_03():
+    assert AffineAugmentation().shear == AUGMENTATIONS["2d"].shear == 0.03
+    shear_only = dataclasses.replace(
+        AUGMENTATIONS["2d"], rotation=0.0, shift=0.0, scale=(1.0, 1.0), flip_axes=()
+    )
+    largest = 0.0
+    for seed in range(40):
+        matrix, _ = random_affine(2, shear_only, torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.diagonal(matrix), torch.ones(2, dtype=torch.float64))
+        off = matrix[~torch.eye(2, dtype=torch.bool)].abs()
+        assert (off <= 0.03).all()
+        largest = max(largest, off.max().item())
+    assert largest > 0.02  # the range is used
 
 
 def test_add_noise():

@@ -1,5 +1,7 @@
 """The four claims and the noise-robustness measurements, on hand-made results and nets."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,10 +61,13 @@ def constant_displacement_run(folder, shift):
 
 
 def test_gradient_norm_of_linear_field_is_its_slope():
-    # u_0 = a·x_0 + b·x_1, u_1 = 0  →  ∇u = [[a, b], [0, 0]],  |∇u| = sqrt(a² + b²)
+    # u_0 = a·x_0 + b·x_1, u_1 = 0  →  ∇u = [[a, b], [0, 0]],  |∇u| = sqrt(a² + b²);
+    # forward differences: on the last row (column) ∂/∂x_0 (∂/∂x_1) is padded to 0
     x0, x1 = torch.meshgrid(torch.arange(9.0), torch.arange(7.0), indexing="ij")
     u = torch.stack([0.3 * x0 - 0.4 * x1, torch.zeros_like(x0)])[None]
-    assert torch.allclose(displacement_gradient_norm(u), torch.full((1, 9, 7), 0.5), atol=1e-6)
+    expected = torch.full((1, 9, 7), 0.5)
+    expected[:, -1, :], expected[:, :, -1], expected[:, -1, -1] = 0.4, 0.3, 0.0
+    assert torch.allclose(displacement_gradient_norm(u), expected, atol=1e-6)
 
 
 def test_noisy_pairs_add_the_same_noise_of_the_stated_sigma(data):
@@ -89,12 +94,14 @@ def test_noisy_region_smoothness_and_sweep_on_constant_displacements(data, tmp_p
     # a constant u has ∇u = 0 and det ∇Φ = 1 everywhere
     assert np.allclose(regions[["gradient_inside", "gradient_outside"]], 0.0, atol=1e-6)
     assert (regions[["folding_inside", "folding_outside"]] == 0).all().all()
-    # against u*: a constant u has ∇u = 0, so its roughness error is |∇u*| (0, then 0.05)
+    # against u*: a constant u has ∇u = 0, so its roughness error is |∇u*| (0, then 0.05 on
+    # 31 of the 32 rows: forward differences pad the last row's ∂/∂x_0 to 0)
     by = regions.set_index(["metric", "moving"])
+    slope = 0.05 * 31 / 32
     for metric in ("deepsim", "mse"):
         assert by.loc[(metric, "test_0"), "gradient_error_inside"] == pytest.approx(0, abs=1e-6)
-        assert by.loc[(metric, "test_1"), "gradient_error_inside"] == pytest.approx(0.05, abs=1e-6)
-        assert by.loc[(metric, "test_1"), "true_gradient_outside"] == pytest.approx(0.05, abs=1e-6)
+        assert by.loc[(metric, "test_1"), "gradient_error_inside"] == pytest.approx(slope, abs=1e-6)
+        assert by.loc[(metric, "test_1"), "true_gradient_outside"] == pytest.approx(slope, abs=1e-6)
     # endpoint error: mse's u = (0, 1) is exact on test_0; deepsim's u = 0 is 1 px off there
     assert by.loc[("mse", "test_0"), "endpoint_error_inside"] == pytest.approx(0, abs=1e-6)
     assert by.loc[("deepsim", "test_0"), "endpoint_error_outside"] == pytest.approx(1, abs=1e-6)
@@ -121,8 +128,11 @@ def test_noisy_region_smoothness_needs_noise_masks(data, tmp_path):
     (bare / "dataset.json").write_text((data / "dataset.json").read_text())
     with pytest.raises(ValueError, match="no test pair has a noise mask"):
         noisy_region_smoothness(tmp_path / "phc", bare, "platelet-em")
-    with pytest.raises(FileNotFoundError, match="no trained registration run"):
+    with pytest.raises(FileNotFoundError, match="nothing: no results folder"):
         noisy_region_smoothness(tmp_path / "nothing", data, "platelet-em")
+    (tmp_path / "empty" / "platelet-em").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="platelet-em: no registration run with a chec"):
+        noisy_region_smoothness(tmp_path / "empty", data, "platelet-em")
 
 
 def write_run(root, metric, dice, val_dice):
@@ -194,3 +204,18 @@ def test_noise_sweep_summary_and_figure():
     fig.canvas.draw()
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float)
     assert pixels.std() > 10  # not blank
+
+
+def test_noisy_pairs_are_clipped_to_the_unit_interval(data):
+    # the paper's noise experiment clips image + noise to [0, 1]; with σ = 0.5 on intensities
+    # 0.3 / 0.7 a pixel ends on a bound with probability P(n < −0.3/σ) + P(n > 0.7/σ) ≈ 0.355
+    expected = 0.5 * (math.erfc(0.6 / math.sqrt(2)) + math.erfc(1.4 / math.sqrt(2)))
+    pairs = PairDataset(data, "test")
+    for index in range(len(pairs)):
+        clean, noisy = pairs[index], NoisyPairs(pairs, 0.5, seed=1)[index]
+        for key in ("moving", "fixed"):
+            assert noisy[key].min() >= 0.0 and noisy[key].max() <= 1.0
+            at_bounds = ((noisy[key] == 0.0) | (noisy[key] == 1.0)).float().mean().item()
+            assert at_bounds == pytest.approx(expected, abs=0.05)  # 1024 pixels: sd ≈ 0.015
+            inside = (noisy[key] > 0) & (noisy[key] < 1)
+            assert not torch.equal(noisy[key][inside], clean[key][inside])  # still noisy

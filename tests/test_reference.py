@@ -33,3 +33,62 @@ def test_export_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no CSV/JSON"):
         export_reference(tmp_path / "empty", tmp_path / "out", preset="q", device="cpu", command="")
+
+
+def write_vgg_pair(folder, convention: str):
+    """A weights file (random VGG16 conv1-3) and its sidecar, as data_scripts writes them."""
+    import torch
+
+    from deepsim_edu.features import VGG16Features
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "vgg16_conv.pt"
+    torch.save(VGG16Features().state_dict(), path)
+    sidecar = {"convention": convention, "source": "SOURCE", "source_sha256": "abc"}
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    return path
+
+
+def results(tmp_path):
+    src = tmp_path / "results" / "phc-u373" / "vgg"
+    src.mkdir(parents=True)
+    (src / "test_results.csv").write_text("dice\n0.9\n")
+    return tmp_path / "results"
+
+
+def test_provenance_records_the_vgg_file_and_its_input(tmp_path):
+    import hashlib
+
+    src = results(tmp_path)
+    out = export_reference(src, tmp_path / "ref", preset="q", device="cpu", command="")
+    assert json.loads((out / "provenance.json").read_text())["vgg"] is None
+    path = write_vgg_pair(tmp_path / "tv", "rgb_imagenet_normalised")
+    out = export_reference(src, tmp_path / "ref2", preset="paper", device="cuda", command="",
+                           vgg=path, vgg_input="paper_unnormalised_01")  # fmt: skip
+    vgg = json.loads((out / "provenance.json").read_text())["vgg"]
+    assert vgg == {
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "weights_convention": "rgb_imagenet_normalised",
+        "source": "SOURCE",
+        "source_sha256": "abc",
+        "vgg_input": "paper_unnormalised_01",
+        "input_convention": "paper_unnormalised_01",
+    }
+    caffe = write_vgg_pair(tmp_path / "keras", "caffe_bgr")
+    out = export_reference(src, tmp_path / "ref3", preset="default", device="cpu", command="",
+                           vgg=caffe)  # fmt: skip
+    vgg = json.loads((out / "provenance.json").read_text())["vgg"]
+    assert (vgg["vgg_input"], vgg["input_convention"]) == ("weights", "caffe_bgr")
+
+
+def test_provenance_vgg_errors_leave_nothing_behind(tmp_path):
+    src = results(tmp_path)
+    with pytest.raises(FileNotFoundError, match="vgg16_conv.pt not found"):
+        export_reference(src, tmp_path / "out", preset="q", device="cpu", command="",
+                         vgg=tmp_path / "none" / "vgg16_conv.pt")  # fmt: skip
+    caffe = write_vgg_pair(tmp_path / "keras", "caffe_bgr")
+    with pytest.raises(ValueError, match="does not fit weights trained with 'caffe_bgr'"):
+        export_reference(src, tmp_path / "out", preset="q", device="cpu", command="",
+                         vgg=caffe, vgg_input="rgb_imagenet_normalised")  # fmt: skip
+    assert not (tmp_path / "out").exists()

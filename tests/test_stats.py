@@ -228,7 +228,7 @@ def results_root(tmp_path):
 
 
 def test_compare_metrics_numbers(results_root):
-    from deepsim_edu.evaluate import load_results
+    from deepsim_edu.runs import load_results
 
     table = compare_metrics(load_results(results_root)).set_index(["dataset", "metric"])
     assert list(table.index) == [
@@ -309,7 +309,8 @@ def test_folding_table(results_root):
         "| deepsim | **0.10 ± 0.00** | **0.10 ± 0.00** |"
     )
     assert table.convention is None
-    assert "det ∇Φ ≤ 0" in caption and "least folding" in caption
+    assert "det ∇Φ < 0" in caption and "forward differences" in caption
+    assert "least folding" in caption
 
 
 def test_missing_results_folder_names_it(tmp_path):
@@ -320,7 +321,7 @@ def test_missing_results_folder_names_it(tmp_path):
 
 
 def test_compare_metrics_errors(results_root):
-    from deepsim_edu.evaluate import load_results
+    from deepsim_edu.runs import load_results
 
     results = load_results(results_root)
     fewer = results.drop(results.index[(results.metric == "mse") & (results.moving == "sub-0")])

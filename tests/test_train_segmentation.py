@@ -6,6 +6,7 @@ import torch
 from deepsim_edu import train as train_module
 from deepsim_edu.config import segmentation_config
 from deepsim_edu.data.layout import DatasetInfo, write_case, write_dataset_json
+from deepsim_edu.data.pairs import CaseStore
 from deepsim_edu.runs import load_checkpoint
 from deepsim_edu.train import train_segmentation
 
@@ -85,3 +86,105 @@ def test_mismatches_raise(squares, tmp_path):
     (tmp_path / "broken" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt checkpoint"):
         train_segmentation(squares, tmp_path / "broken", tiny_config(epochs=1), progress=False)
+
+
+def test_accumulation_averages_the_gradients_of_its_batches(squares, tmp_path, monkeypatch):
+    """accumulation=2 × batch 1 takes the first step with the gradient of accumulation=1 ×
+    batch 2 on the same two images, which is the mean of their two gradients. Exact in this
+    setting: the per-step sampling is replaced by "the next cases in order" (both runs see cases
+    0 and 1), no BatchNorm (it would couple the images of a batch), no dropout, augmentation,
+    noise or crop. The truth is computed by hand from the same initial weights."""
+    build = train_module.segmentation_unet
+    monkeypatch.setattr(train_module, "segmentation_unet",
+                        lambda *a, **kw: build(*a, batchnorm=False, **kw))  # fmt: skip
+
+    def next_cases_in_order():
+        position = 0
+
+        def sample(store, cases, batch_size, generator):
+            nonlocal position
+            picks = [(position + i) % len(cases) for i in range(batch_size)]
+            position += batch_size
+            images, labels = zip(*(store[cases[i]] for i in picks))
+            return torch.stack(images), torch.stack(labels)
+
+        return sample
+
+    first_grads = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            first_grads.append([p.grad.clone() for p in params])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    runs = {}
+    for accumulation, batch in ((2, 1), (1, 2)):
+        monkeypatch.setattr(train_module, "sample_batch", next_cases_in_order())
+        config = tiny_config(epochs=1, steps_per_epoch=1, batch_size=batch, dropout=0.0,
+                             augmentation="none", noise_sigma=0.0,
+                             accumulation=accumulation)  # fmt: skip
+        first_grads.clear()
+        last = train_segmentation(squares, tmp_path / f"a{accumulation}", config, progress=False)
+        runs[accumulation] = (first_grads[0], last["train_loss"])
+
+    # by hand: the mean cross-entropy of cases 0 and 1 at the initial weights, and of case 0
+    store = CaseStore(squares)
+    cases = [store[c] for c in store.info.splits["train"][:2]]
+    torch.manual_seed(config.seed)
+    model = build(2, 2, config.encoder_channels, dropout=0.0, batchnorm=False).train()
+
+    def gradient(images, labels):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(images), labels[:, 0])
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters()], loss.item()
+
+    truth, truth_loss = gradient(*(torch.stack(x) for x in zip(*cases)))
+    alone, _ = gradient(cases[0][0][None], cases[0][1][None])
+    assert any(not torch.allclose(a, t, rtol=1e-2, atol=1e-6) for a, t in zip(alone, truth))
+    for grads, train_loss in runs.values():
+        assert len(grads) == len(truth)
+        for g, t in zip(grads, truth):
+            torch.testing.assert_close(g, t, rtol=1e-5, atol=1e-8)
+        assert train_loss == pytest.approx(truth_loss, rel=1e-6)
+
+
+def test_one_device_check_for_both_loops(squares, tmp_path):
+    assert train_module.check_device("cpu") == "cpu"
+    for bad in ("gpu", "cuda0", "cuda:", "CPU"):
+        with pytest.raises(ValueError, match=f"'cpu', 'cuda' or 'cuda:N', got '{bad}'"):
+            train_module.check_device(bad)
+    if not torch.cuda.is_available():
+        for device in ("cuda", "cuda:0"):  # the segmentation loop used to let "cuda:0" through
+            with pytest.raises(ValueError, match=f"device '{device}' requested but CUDA is not"):
+                train_segmentation(squares, tmp_path, tiny_config(), device=device, progress=False)
+        assert not (tmp_path / "config.json").exists()
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            train_module.check_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_max_steps_ends_the_run_mid_epoch(squares, tmp_path):
+    """4 steps an epoch, a budget of 6 steps: two epochs, the second one half long."""
+    train_segmentation(squares, tmp_path, tiny_config(epochs=10, max_steps=6), progress=False)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert [row["step"] for row in checkpoint["log"]] == [4, 6]
+    assert checkpoint["finished"] is True
+    again = train_segmentation(squares, tmp_path, tiny_config(epochs=10, max_steps=6),
+                               progress=False)  # fmt: skip
+    assert again == checkpoint["log"][-1]  # a finished run returns at once
+
+
+def test_plateau_lowers_the_lr_and_early_stopping_ends_the_run(squares, tmp_path, monkeypatch):
+    """A validation loss that never improves (always 1): with patience 0 the plateau schedule cuts
+    the lr ×0.1 after every epoch but the first; early stopping after 2 epochs ends at epoch 3."""
+    monkeypatch.setattr(train_module, "evaluate_segmentation",
+                        lambda *args: {"val_loss": 1.0, "val_dice": 0.5})  # fmt: skip
+    config = tiny_config(epochs=10, lr=1e-3, lr_patience=0, lr_factor=0.1, early_stopping=2)
+    train_segmentation(squares, tmp_path, config, progress=False)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert len(checkpoint["log"]) == 3 and checkpoint["finished"] is True
+    lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-3 * 0.1**2)  # cut after epochs 2 and 3

@@ -1,5 +1,8 @@
 """transform.py against analytic truths: identity, integer shifts (= roll), affine Jacobians."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -7,6 +10,7 @@ from deepsim_edu.transform import (
     folding_fraction,
     identity_grid,
     jacobian_determinant,
+    jacobian_matrix,
     warp,
 )
 
@@ -60,14 +64,28 @@ def test_batch_of_one_displacement_broadcasts():
     torch.testing.assert_close(warp(image, u)[1:2], warp(image[1:2], u))
 
 
-def test_jacobian_of_affine_map_is_matrix_determinant():
+@pytest.mark.parametrize("scheme", ["forward", "central"])
+def test_jacobian_of_affine_map_is_matrix_determinant(scheme):
     torch.manual_seed(1)
     for ndim in (2, 3):
         a = 0.3 * torch.randn(ndim, ndim, dtype=torch.float64)
         u = _affine_displacement(a, (7, 8, 9)[:ndim])
-        det = jacobian_determinant(u)
+        det = jacobian_determinant(u, scheme=scheme)
         expected = torch.linalg.det(torch.eye(ndim, dtype=torch.float64) + a)
-        torch.testing.assert_close(det, expected.expand_as(det))
+        # forward differences are exact wherever x + e_j exists, i.e. off the last slices
+        inside = (slice(None),) + (slice(0, -1) if scheme == "forward" else slice(None),) * ndim
+        torch.testing.assert_close(det[inside], expected.expand_as(det[inside]))
+        assert folding_fraction(u, scheme=scheme).item() == float(expected < 0)
+
+
+def test_forward_differences_replicate_the_last_slice():
+    # u_0 = 0.5·x_1 on a 4×5 grid: ∂u_0/∂x_1 = 0.5, except on the last column (padded: 0)
+    u = torch.zeros(1, 2, 4, 5, dtype=torch.float64)
+    u[0, 0] = 0.5 * torch.arange(5.0, dtype=torch.float64)
+    jac = jacobian_matrix(u)[0]  # (4, 5, 2, 2)
+    assert torch.equal(jac[:, :-1, 0, 1], torch.full((4, 4), 0.5, dtype=torch.float64))
+    assert torch.equal(jac[:, -1, 0, 1], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(jac[..., 1, 1], torch.ones(4, 5, dtype=torch.float64))
 
 
 def test_folding_is_detected():
@@ -75,20 +93,63 @@ def test_folding_is_detected():
     u = _affine_displacement(torch.tensor([[0.0, 0.0], [0.0, -2.0]]), (6, 6))
     assert folding_fraction(u).item() == 1.0
     assert folding_fraction(torch.zeros(1, 2, 6, 6)).item() == 0.0
-    # a local fold: u_1 = a sin(k x_1), k = 2π/W. Central differences give ∂u_1/∂x_1 =
-    # a sin(k) cos(k x_1) exactly, so det = 1 + a sin(k) cos(k x_1): with a = W/π it is <= 0 in
-    # the middle third of the columns and positive elsewhere.
+    # det ∇Φ = 0 (a collapse onto a line) is not counted: the paper's code tests det < 0
+    u = _affine_displacement(torch.tensor([[0.0, 0.0], [0.0, -1.0]]), (6, 6))
+    assert jacobian_determinant(u)[..., :-1].abs().max().item() == 0.0  # the last column: padded
+    assert folding_fraction(u).item() == 0.0
+    # a local fold: u_1 = a sin(k x_1), k = 2π/W, a = W/π.
     width = 16
     x1 = torch.arange(width, dtype=torch.float64)
     u = torch.zeros(1, 2, 8, width, dtype=torch.float64)
-    u[0, 1] = (width / torch.pi) * torch.sin(2 * torch.pi * x1 / width)
-    det = jacobian_determinant(u)[0, 4]  # one row, interior columns use central differences
-    k = 2 * torch.pi / width
-    expected_det = 1 + (width / torch.pi) * torch.sin(torch.tensor(k)) * torch.cos(k * x1)
+    a, k = width / torch.pi, 2 * torch.pi / width
+    u[0, 1] = a * torch.sin(k * x1)
+    # central differences: ∂u_1/∂x_1 = a sin(k) cos(k x_1) exactly, so det = 1 + a sin(k) cos(k x_1)
+    det = jacobian_determinant(u, scheme="central")[0, 4]  # interior columns: central differences
+    expected_det = 1 + a * math.sin(k) * torch.cos(k * x1)
     torch.testing.assert_close(det[1:-1], expected_det[1:-1])
-    expected_folded = (expected_det <= 0)[1:-1]
-    assert torch.equal(det[1:-1] <= 0, expected_folded)
-    assert 0 < folding_fraction(u).item() < 1
+    assert torch.equal(det[1:-1] < 0, (expected_det < 0)[1:-1])
+    # forward differences: a (sin(k(x+1)) − sin(k x)) = 2a sin(k/2) cos(k(x + 1/2))
+    det = jacobian_determinant(u, scheme="forward")[0, 4]
+    expected_det = 1 + 2 * a * math.sin(k / 2) * torch.cos(k * (x1 + 0.5))
+    torch.testing.assert_close(det[:-1], expected_det[:-1])
+    # counted over the 7 × 15 voxels with a forward neighbour on both axes; every row alike
+    expected_fraction = (expected_det[:-1] < 0).double().mean().item()
+    assert 0 < expected_fraction < 1
+    assert folding_fraction(u).item() == pytest.approx(expected_fraction)
+
+
+def test_checkerboard_folds_with_forward_but_not_central_differences():
+    """u = 0.6·(−1)^(x_0 + x_1) in both components: a two-voxel oscillation.
+
+    Each neighbour pair moves 1.2 voxels towards (or past) each other, so Φ folds between them;
+    central differences (u(x+1) − u(x−1))/2 see (−1)^… − (−1)^… = 0 and miss it.
+    """
+    shape = (10, 12)
+    x0, x1 = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    checker = 0.6 * (-1.0) ** (x0 + x1)
+    u_np = np.stack([checker, checker])  # (2, H, W)
+    # by hand: forward differences on the voxels that have both forward neighbours
+    d0 = u_np[:, 1:, :-1] - u_np[:, :-1, :-1]  # ∂u_i/∂x_0, (2, H-1, W-1)
+    d1 = u_np[:, :-1, 1:] - u_np[:, :-1, :-1]  # ∂u_i/∂x_1
+    det = (1 + d0[0]) * (1 + d1[1]) - d1[0] * d0[1]
+    expected_forward = float((det < 0).mean())
+    assert expected_forward == pytest.approx(50 / 99)  # det = 1 − 2.4·(−1)^…: half the voxels
+
+    u = torch.from_numpy(u_np)[None]
+    assert folding_fraction(u).item() == pytest.approx(expected_forward)
+    assert folding_fraction(u, scheme="forward").item() == pytest.approx(expected_forward)
+    # central differences: ∂u = 0 at every interior voxel, det = 1, no folding there (at the
+    # border torch.gradient falls back to one-sided differences, which see the jump again)
+    central = jacobian_determinant(u, scheme="central")[0, 1:-1, 1:-1]
+    torch.testing.assert_close(central, torch.ones_like(central))
+    assert (central < 0).sum().item() == 0
+
+
+def test_bad_scheme_and_tiny_grids_raise():
+    with pytest.raises(ValueError, match="scheme"):
+        jacobian_determinant(torch.zeros(1, 2, 4, 4), scheme="backward")
+    with pytest.raises(ValueError, match=">= 2 voxels"):
+        folding_fraction(torch.zeros(1, 2, 4, 1))
 
 
 @pytest.mark.parametrize(

@@ -62,3 +62,21 @@ def test_bad_inputs_raise():
         UNet(4, 1, 1)
     with pytest.raises(ValueError, match="decoder"):
         UNet(2, 1, 1, encoder_channels=(8, 16), decoder_channels=(8,))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_head_last_convolution_kernel_sizes(ndim):
+    # the paper's code: segmentation head ends in a 1×1 conv, the flow head in a 3×3 conv
+    seg = segmentation_unet(ndim, 4, encoder_channels=(4, 8))
+    reg = registration_unet(ndim, encoder_channels=(4, 8))
+    assert seg.head[-1].kernel_size == (1,) * ndim and seg.head[-1].padding == (0,) * ndim
+    assert reg.head[-1].kernel_size == (3,) * ndim and reg.head[-1].padding == (1,) * ndim
+    # a 1×1 conv is a per-voxel linear map: changing one voxel of its input changes only there
+    last = seg.head[-1]
+    features = torch.rand(1, last.in_channels, *(6,) * ndim)
+    changed = features.clone()
+    changed[(0, slice(None)) + (2,) * ndim] += 1.0
+    diff = (last(changed) - last(features)).abs().sum(1)[0]
+    assert diff[(2,) * ndim] > 0 and diff.sum() == diff[(2,) * ndim]
+    with pytest.raises(ValueError, match="output_kernel_size"):
+        UNet(2, 1, 1, encoder_channels=(4,), output_kernel_size=2)

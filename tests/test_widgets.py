@@ -10,7 +10,8 @@ import torch
 from ipywidgets import Widget
 from ipywidgets.embed import dependency_state, embed_data
 
-from deepsim_edu import widgets
+from deepsim_edu import runs, widgets
+from deepsim_edu.data.demo_pair import make_demo_pair
 from deepsim_edu.data.layout import (
     DatasetError,
     DatasetInfo,
@@ -18,7 +19,6 @@ from deepsim_edu.data.layout import (
     write_case,
     write_dataset_json,
 )
-from deepsim_edu.demo import make_demo_pair
 from deepsim_edu.features import VGG16Features
 from deepsim_edu.train import train_registration
 from deepsim_edu.unet import segmentation_unet
@@ -138,7 +138,7 @@ def sweep(moving_squares, tmp_path_factory):  # noqa: F811
 def test_lambda_explorer_over_run_folders(sweep, moving_squares):  # noqa: F811
     w = widgets.lambda_explorer(sweep, data_dir=moving_squares)
     assert [value for _, value in w.controls["lam"].options] == [0.01, 1.0]
-    table = widgets.sweep_table(sweep)
+    table = runs.sweep_table(sweep)
     assert w.controls["lam"].value == table.loc[table["best_val_dice"].idxmax(), "lam"]
     assert w.summary["pair"] == "val_0 → val_1" and 0 <= w.summary["Dice after"] <= 1
     assert 0 <= w.summary["folding fraction"] <= 1

@@ -3,6 +3,9 @@
 ``ensure_embedded("platelet-em", "data")`` returns ``data/platelet-em``, generating it first if
 it is missing or was made with other parameters (recorded in ``generator.json`` beside
 ``dataset.json``). The generators live in ``brain.py``, ``platelet.py`` and ``phc.py``.
+
+Finding datasets: ``resolve_dataset`` (the folder of one dataset, embedded or given),
+``find_dataset`` (the same, or None) and ``datasets_in`` (every dataset of a data folder).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .layout import (
+    DATASET_NAMES,
     SPLITS,
     DatasetError,
     atomic_write_bytes,
@@ -85,6 +89,30 @@ def resolve_dataset(
     )
 
 
+def find_dataset(dataset: str, data: str | Path | None = None) -> Path | None:
+    """``resolve_dataset(dataset, data)``, or None where ``data`` does not hold ``dataset``."""
+    try:
+        return resolve_dataset(dataset, data)
+    except DatasetError:
+        return None
+
+
+def datasets_in(data_dir: str | Path) -> dict[str, Path]:
+    """The datasets in a data folder: name → folder, for ``<data_dir>/<name>/dataset.json``
+    (or ``data_dir`` itself when it is a dataset folder)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: no such folder (expected a data folder holding "
+                                "<dataset>/dataset.json)")  # fmt: skip
+    found = {}
+    if (data_dir / "dataset.json").is_file():
+        found[load_info(data_dir).name] = data_dir
+    for name in DATASET_NAMES:
+        if (data_dir / name / "dataset.json").is_file():
+            found.setdefault(name, data_dir / name)
+    return found
+
+
 def summarize(root: str | Path) -> list[str]:
     """Validate every case of a dataset folder and return one summary line per split.
 
@@ -113,5 +141,6 @@ def summarize(root: str | Path) -> list[str]:
 
 
 __all__ = [
-    "GENERATORS", "DatasetError", "ensure_embedded", "generator", "resolve_dataset", "summarize",
+    "GENERATORS", "DatasetError", "datasets_in", "ensure_embedded", "find_dataset", "generator",
+    "resolve_dataset", "summarize",
 ]  # fmt: skip
