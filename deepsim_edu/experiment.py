@@ -12,6 +12,8 @@ checkpoint, so ``run_experiment`` can simply be started again after an interrupt
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -76,21 +78,49 @@ def run_one(
     return run
 
 
+def _one_thread() -> None:
+    """Worker set-up: one thread per process, so ``jobs`` processes share the cores fairly."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _side_by_side(calls: list[tuple], jobs: int) -> list:
+    """``[f(*args) for f, *args in calls]``, in ``jobs`` worker processes when ``jobs > 1``.
+
+    Results come back in the order of ``calls``; the first failure is raised.
+    """
+    if jobs <= 1 or len(calls) <= 1:
+        return [f(*args) for f, *args in calls]
+    context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not mix
+    with ProcessPoolExecutor(min(jobs, len(calls)), context, initializer=_one_thread) as pool:
+        futures = [pool.submit(f, *args) for f, *args in calls]
+        return [future.result() for future in futures]
+
+
 def run_experiment(
     preset: str = "quick", datasets: tuple[str, ...] = DATASETS, metrics: tuple[str, ...] = METRICS,
     data: str | Path | None = None, out: str | Path | None = None, device: str = "cpu",
-    vgg: str | Path | None = None, seed: int = 0,
+    vgg: str | Path | None = None, seed: int = 0, jobs: int = 1,
 ) -> Path:  # fmt: skip
-    """Run the grid (feature extractors first); finished runs are skipped. Returns the root."""
+    """Run the grid (feature extractors first); finished runs are skipped. Returns the root.
+
+    ``jobs > 1`` trains that many runs side by side in worker processes of one thread each
+    (first the extractors, then every dataset × metric); every run is seeded on its own, so the
+    results do not depend on ``jobs`` beyond the float rounding of another thread count.
+    """
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     root = results_root(preset, out)
-    for dataset in datasets:
-        data_root = resolve_dataset(dataset, None if data is None else Path(data))
-        if "deepsim" in metrics:
-            feature_extractor(dataset, preset, data_root, root, device, seed)
-    for dataset in datasets:
-        for metric in metrics:
-            run = run_one(dataset, metric, preset, data, out, device, vgg=vgg, seed=seed)
-            print(f"{dataset:<12} {metric:<8} {run}")
+    data_roots = {d: resolve_dataset(d, None if data is None else Path(data)) for d in datasets}
+    if "deepsim" in metrics:
+        _side_by_side([(feature_extractor, d, preset, data_roots[d], root, device, seed)
+                       for d in datasets], jobs)  # fmt: skip
+    grid = [(d, m) for d in datasets for m in metrics]
+    folders = _side_by_side([(run_one, d, m, preset, data, out, device, None, None, vgg, seed)
+                             for d, m in grid], jobs)  # fmt: skip
+    for (dataset, metric), run in zip(grid, folders):
+        print(f"{dataset:<12} {metric:<8} {run}")
     return root
 
 

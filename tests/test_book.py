@@ -29,6 +29,8 @@ import pytest
 from deepsim_edu.book import REPO, BookError, build_book, toc_files
 
 SCREENSHOTS = REPO / "_build" / "screenshots"
+# the three builds are session fixtures: under pytest-xdist every test here runs in one worker
+pytestmark = pytest.mark.xdist_group("book")
 
 
 @dataclass
@@ -111,7 +113,8 @@ def _missing_chapters() -> list[str]:
 def full_book() -> Book:
     if missing := _missing_chapters():
         pytest.skip(f"chapter notebooks not written yet: {', '.join(missing)}")
-    return _build("full", REPO / "_build", preset="quick", device="cpu")
+    # two runs / two chapter kernels side by side: the parallel build is the one tested
+    return _build("full", REPO / "_build", preset="quick", device="cpu", jobs=2)
 
 
 BOOKS = ["tiny_book", "intro_book", pytest.param("full_book", marks=pytest.mark.slow)]

@@ -1,5 +1,6 @@
 """The experiment CLI end to end on a tiny 128x128 series: grid, skip on rerun, bad input."""
 
+import os
 import subprocess
 import sys
 
@@ -30,16 +31,27 @@ def data(tmp_path_factory):
 
 
 def cli(*args):
+    """The CLI in a subprocess with one thread (as each --jobs worker has): same float rounding."""
     return subprocess.run(
-        [sys.executable, "-m", "deepsim_edu", *args], capture_output=True, text=True
-    )
+        [sys.executable, "-m", "deepsim_edu", *args], capture_output=True, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
 
 
 def test_experiment_runs_grid_and_skips_finished_runs(data, tmp_path):
-    args = ["experiment", "--preset", "quick", "--datasets", "phc-u373",
+    """The grid with two runs side by side (--jobs 2), then again: nothing is retrained."""
+    args = ["experiment", "--preset", "quick", "--datasets", "phc-u373", "--jobs", "2",
             "--metrics", "mse", "deepsim", "--data", str(data), "--out", str(tmp_path)]  # fmt: skip
     first = cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
+    # a run trained alone in this process's way gives the same numbers as in a worker
+    alone = cli("train", "--dataset", "phc-u373", "--metric", "mse", "--preset", "quick",
+                "--data", str(data), "--out", str(tmp_path / "alone"))  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "alone" / "phc-u373" / "mse" / "test_results.csv"),
+        pd.read_csv(tmp_path / "phc-u373" / "mse" / "test_results.csv"),
+    )
     for run in ("segmentation", "mse", "deepsim"):
         files = {p.name for p in (tmp_path / "phc-u373" / run).iterdir()}
         assert {"config.json", "log.csv", "checkpoint.pt"} <= files, run
@@ -56,6 +68,8 @@ def test_cli_bad_input(data, tmp_path):
         (["train", "--dataset", "phc-u373", "--metric", "ssim"], "invalid choice: 'ssim'"),
         (["train", "--dataset", "lung", "--metric", "mse"], "invalid choice: 'lung'"),
         (["experiment", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["experiment", "--jobs", "0"], "--jobs: must be a whole number >= 1, got '0'"),
+        (["book", "--jobs", "two"], "--jobs: must be a whole number >= 1, got 'two'"),
         (["train", "--dataset", "phc-u373", "--metric", "mse", "--lam", "-1", "--data", str(data)],
          "λ must be a number >= 0"),
         (["train", "--dataset", "phc-u373", "--metric", "mse", "--lam", "nan", "--data", str(data)],
