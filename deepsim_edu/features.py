@@ -88,9 +88,6 @@ def vgg_weights_path(data_dir: str | Path = "data") -> Path:
     return Path(data_dir) / VGG_WEIGHTS_FILENAME
 
 
-DEFAULT_VGG_PATH = str(vgg_weights_path())  # "data/vgg16_conv.pt"; prefer vgg_weights_path()
-
-
 def resolve_vgg_input(vgg_input: str, weights_convention: str) -> str:
     """The input convention to feed weights trained with ``weights_convention``.
 

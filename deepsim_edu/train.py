@@ -26,7 +26,7 @@ from .augment import AUGMENTATIONS, add_noise, augment_batch, random_crop
 from .config import RegistrationConfig, SegmentationConfig
 from .data.pairs import CaseStore, PairDataset, training_pairs
 from .evaluate import dice_per_class, evaluate_pairs, mean_dice
-from .features import DEFAULT_VGG_PATH, load_segmentation_extractor, load_vgg16
+from .features import load_segmentation_extractor, load_vgg16
 from .losses import DeepSimLoss, VGGLoss, get_loss
 from .registration import registration_loss
 from .runs import (
@@ -265,8 +265,8 @@ def build_similarity(
         )
         return DeepSimLoss(net, levels=config.deepsim_levels)
     if config.metric == "vgg":
-        weights = vgg or DEFAULT_VGG_PATH
-        return VGGLoss(load_vgg16(weights, device=device, convention=config.vgg_input))
+        # vgg None: features.vgg_weights_path(), the file data_scripts writes
+        return VGGLoss(load_vgg16(vgg, device=device, convention=config.vgg_input))
     if config.metric in ("ncc", "ncc-sup"):
         return get_loss(config.metric, window=config.ncc_window, border=config.ncc_border)
     return get_loss(config.metric)

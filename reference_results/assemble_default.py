@@ -17,6 +17,7 @@ the error against u*) are carried over from the first run's ``noise_regions.csv`
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepsim_edu import claims, reference, stats
+from deepsim_edu import claims, features, reference, stats
 from deepsim_edu.runs import write_csv
 
 HERE = Path(__file__).resolve().parent
@@ -49,7 +50,13 @@ def main() -> None:
         help="wall time of the training runs, first start to last end",
     )
     parser.add_argument("--notes", default="")
+    parser.add_argument("--vgg", default=None,
+                        help="the VGG16 weights the VGG runs used (default <data>/vgg16_conv.pt)")
     args = parser.parse_args()
+    vgg = Path(args.vgg) if args.vgg else features.vgg_weights_path(args.data)
+    vgg_configs = sorted(Path(args.runs).glob("*/vgg/config.json"))
+    vgg_input = json.loads(vgg_configs[0].read_text()).get("vgg_input", "weights") if vgg_configs \
+        else "weights"
     out, started = Path(args.out), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "default"
@@ -77,6 +84,7 @@ def main() -> None:
             wall_time_s=round(args.wall_time_s + time.perf_counter() - started),
             notes=f"{args.notes} Sum of per-epoch training+validation seconds of the new runs: "
                   f"{seconds:.0f} s.",
+            vgg=vgg if vgg_configs else None, vgg_input=vgg_input,
         )  # fmt: skip
         shutil.rmtree(out)
         shutil.copytree(staged, out)

@@ -29,8 +29,6 @@ import pytest
 from deepsim_edu.book import REPO, BookError, build_book, toc_files
 
 SCREENSHOTS = REPO / "_build" / "screenshots"
-# the three builds are session fixtures: under pytest-xdist every test here runs in one worker
-pytestmark = pytest.mark.xdist_group("book")
 
 
 @dataclass
