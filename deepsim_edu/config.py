@@ -30,11 +30,20 @@ from dataclasses import asdict, dataclass, replace
 
 from .data.layout import DATASET_NAMES, check_dataset_name
 
-PRESETS = ("quick", "default", "paper")
+PRESETS = ("ci", "quick", "default", "paper")
+# ci: the test suite's book build, quick with a third of its optimiser steps (every chapter cell
+# still runs); quick: the book in CPU minutes; default: the claims on the embedded data (CPU
+# hours); paper: the public code's training (GPU, real data)
+CI_STEPS_FRACTION = 1 / 3
 DATASETS = DATASET_NAMES
 NCC_BORDERS = ("in-image", "zero-padding")  # see losses.local_ncc
 VGG_INPUTS = ("weights", "caffe_bgr", "rgb_imagenet_normalised", "paper_unnormalised_01")
 # = features.VGG_INPUTS (features imports torch and runs; a test keeps the two equal)
+
+
+def _ci_epochs(quick_epochs: int) -> int:
+    """The ``ci`` preset's epochs: a third of ``quick``'s, at least two (a curve has two points)."""
+    return max(2, round(quick_epochs * CI_STEPS_FRACTION))
 
 
 def check_preset(preset: str) -> str:
@@ -102,12 +111,14 @@ def segmentation_config(dataset: str, preset: str = "default", **overrides) -> S
     check_preset(preset)
     brain = dataset == "brain-mri"
     crop = BRAIN_CROP if brain else (128, 128)
-    if preset == "quick":
+    if preset in ("ci", "quick"):
         config = SegmentationConfig(
             dataset, preset, (8, 16, 32) if brain else (16, 32, 64), dropout=0.0, lr=1e-3,
             batch_size=1 if brain else 8, steps_per_epoch=10, epochs=4 if brain else 30,
             augmentation=_AUGMENTATION[dataset], noise_sigma=0.1, crop=crop,
         )  # fmt: skip
+        if preset == "ci":
+            config = replace(config, epochs=_ci_epochs(config.epochs))
     elif preset == "default":
         config = SegmentationConfig(
             dataset, preset, (16, 32, 64), dropout=0.0, lr=1e-3, batch_size=1 if brain else 8,
@@ -249,12 +260,14 @@ def registration_config(
     brain = dataset == "brain-mri"
     lam = PAPER_LAMBDA[dataset][metric]
     crop = BRAIN_CROP if brain else (128, 128)
-    if preset == "quick":
+    if preset in ("ci", "quick"):
         config = RegistrationConfig(
             dataset, metric, preset, lam, (8, 16, 32) if brain else (16, 32, 64), dropout=0.0,
             lr=1e-3, batch_size=1 if brain else 4, accumulation=1, steps_per_epoch=10,
             epochs=2 if brain else 3, augmentation=_AUGMENTATION[dataset], crop=crop,
         )  # fmt: skip
+        if preset == "ci":
+            config = replace(config, epochs=_ci_epochs(config.epochs))
     elif preset == "default":
         config = RegistrationConfig(
             dataset, metric, preset, lam, (16, 32, 64), dropout=0.0, lr=3e-4 if brain else 1e-3,

@@ -111,8 +111,9 @@ def _missing_chapters() -> list[str]:
 def full_book() -> Book:
     if missing := _missing_chapters():
         pytest.skip(f"chapter notebooks not written yet: {', '.join(missing)}")
-    # two runs / two chapter kernels side by side: the parallel build is the one tested
-    return _build("full", REPO / "_build", preset="quick", device="cpu", jobs=2)
+    # the ci preset (quick with a third of its steps: every cell runs, in CI minutes), two runs
+    # and two chapter kernels side by side: the parallel build is the one tested
+    return _build("full", REPO / "_build", preset="ci", device="cpu", jobs=2)
 
 
 BOOKS = ["tiny_book", "intro_book", pytest.param("full_book", marks=pytest.mark.slow)]

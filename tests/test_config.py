@@ -110,7 +110,7 @@ def test_paper_registration_is_the_public_code(dataset, metric):
 
 
 def test_cpu_presets_keep_todays_new_field_defaults():
-    for preset in ("quick", "default"):
+    for preset in ("ci", "quick", "default"):
         for dataset in DATASETS:
             seg = segmentation_config(dataset, preset)
             assert (seg.accumulation, seg.lr_patience, seg.max_steps) == (1, None, None)
@@ -162,7 +162,7 @@ def differing_fields(preset: str) -> set[tuple[str, str]]:
     return found
 
 
-@pytest.mark.parametrize("preset", ["quick", "default"])
+@pytest.mark.parametrize("preset", ["ci", "quick", "default"])
 def test_departures_are_exactly_the_fields_that_differ(preset):
     rows = preset_departures(preset)
     listed = [(row["config"], row["field"]) for row in rows]
@@ -173,7 +173,8 @@ def test_departures_are_exactly_the_fields_that_differ(preset):
 
 
 def test_no_stale_reasons_and_paper_has_no_departures():
-    assert set(config.DEPARTURE_REASONS) == differing_fields("quick") | differing_fields("default")
+    cpu = differing_fields("ci") | differing_fields("quick") | differing_fields("default")
+    assert set(config.DEPARTURE_REASONS) == cpu
     assert preset_departures("paper") == []
 
 
@@ -196,3 +197,17 @@ def test_an_unexplained_departure_is_an_error(monkeypatch):
     monkeypatch.setattr(config, "DEPARTURE_REASONS", reasons)
     with pytest.raises(ValueError, match="registration.amp without a reason"):
         preset_departures("default")
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_ci_is_quick_with_a_third_of_the_epochs(dataset):
+    """ci (the test suite's book build) changes nothing but the length: 30 → 10, 3 → 2, 4 → 2."""
+    for kind, ci, quick in [
+        ("segmentation", segmentation_config(dataset, "ci"), segmentation_config(dataset, "quick")),
+        ("registration", registration_config(dataset, "ncc", "ci"),
+         registration_config(dataset, "ncc", "quick")),
+    ]:  # fmt: skip
+        expected = {"segmentation": {30: 10, 4: 2}, "registration": {3: 2, 2: 2}}[kind]
+        assert ci.epochs == expected[quick.epochs]
+        assert {**ci.to_dict(), "epochs": 0, "preset": ""} == {
+            **quick.to_dict(), "epochs": 0, "preset": ""}

@@ -40,12 +40,12 @@ def cli(*args):
 
 def test_experiment_runs_grid_and_skips_finished_runs(data, tmp_path):
     """The grid with two runs side by side (--jobs 2), then again: nothing is retrained."""
-    args = ["experiment", "--preset", "quick", "--datasets", "phc-u373", "--jobs", "2",
+    args = ["experiment", "--preset", "ci", "--datasets", "phc-u373", "--jobs", "2",
             "--metrics", "mse", "deepsim", "--data", str(data), "--out", str(tmp_path)]  # fmt: skip
     first = cli(*args)
     assert first.returncode == 0, first.stderr[-2000:]
     # a run trained alone in this process's way gives the same numbers as in a worker
-    alone = cli("train", "--dataset", "phc-u373", "--metric", "mse", "--preset", "quick",
+    alone = cli("train", "--dataset", "phc-u373", "--metric", "mse", "--preset", "ci",
                 "--data", str(data), "--out", str(tmp_path / "alone"))  # fmt: skip
     assert alone.returncode == 0, alone.stderr[-2000:]
     pd.testing.assert_frame_equal(
