@@ -26,13 +26,15 @@ Two facts of the public code that its command lines do not show:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 
 from .data.layout import DATASET_NAMES, check_dataset_name
 
 PRESETS = ("ci", "quick", "default", "paper")
-# ci: the test suite's book build, quick with a third of its optimiser steps (every chapter cell
-# still runs); quick: the book in CPU minutes; default: the claims on the embedded data (CPU
+# ci: the test suite's book build, quick with registration runs a third as long (every chapter
+# cell still runs; the extractors stay as in quick: chapter 4 checks that they learned);
+# quick: the book in CPU minutes; default: the claims on the embedded data (CPU
 # hours); paper: the public code's training (GPU, real data)
 CI_STEPS_FRACTION = 1 / 3
 DATASETS = DATASET_NAMES
@@ -42,7 +44,7 @@ VGG_INPUTS = ("weights", "caffe_bgr", "rgb_imagenet_normalised", "paper_unnormal
 
 
 def _ci_epochs(quick_epochs: int) -> int:
-    """The ``ci`` preset's epochs: a third of ``quick``'s, at least two (a curve has two points)."""
+    """The ``ci`` preset's registration epochs: a third of ``quick``'s, at least two."""
     return max(2, round(quick_epochs * CI_STEPS_FRACTION))
 
 
@@ -117,8 +119,6 @@ def segmentation_config(dataset: str, preset: str = "default", **overrides) -> S
             batch_size=1 if brain else 8, steps_per_epoch=10, epochs=4 if brain else 30,
             augmentation=_AUGMENTATION[dataset], noise_sigma=0.1, crop=crop,
         )  # fmt: skip
-        if preset == "ci":
-            config = replace(config, epochs=_ci_epochs(config.epochs))
     elif preset == "default":
         config = SegmentationConfig(
             dataset, preset, (16, 32, 64), dropout=0.0, lr=1e-3, batch_size=1 if brain else 8,
@@ -181,9 +181,27 @@ def check_metric(metric: str) -> str:
 
 
 def check_lambda(lam: float) -> float:
-    if not isinstance(lam, (int, float)) or lam != lam or lam < 0:
-        raise ValueError(f"λ must be a number >= 0, got {lam!r}")
+    """λ of Eq. 1: a finite number >= 0 (λ = inf makes the loss inf and the weights NaN)."""
+    if not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"λ must be a number >= 0 and finite, got {lam!r}")
     return float(lam)
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int) -> int:
+    """A random seed: a whole number in 0 … ``MAX_SEED`` (2^32 − 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
+
+
+def check_positive(count: int, name: str = "value") -> int:
+    """A count (steps, epochs, jobs): a whole number >= 1."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {count!r}")
+    return count
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,9 @@
 Three builds, each once per session:
 - a tiny book of our own (a widget notebook) — the pipeline and the offline widget JS;
 - the real intro page with every chapter stubbed — ``_config.yml``, ``_toc.yml``, ``index.md``;
-- the whole book with quick parameters (experiment + every chapter), once the chapters exist.
+- the whole book (experiment + every chapter, ``ci`` preset): in ``test_book_full.py``, which
+  runs the same page checks on it; a file of its own, so that pytest-xdist builds it while the
+  other worker runs this file and the rest.
 Screenshots of every page land in ``_build/screenshots/`` for a person to look at.
 Chromium: Debian's ``chromium``; ``make test`` installs it and sets DEEPSIM_REQUIRE_CHROMIUM=1,
 so there a missing browser fails instead of skipping.
@@ -103,20 +105,7 @@ def intro_book(tmp_path_factory) -> Book:
                   run_experiment=False)  # fmt: skip
 
 
-def _missing_chapters() -> list[str]:
-    return [e for e in toc_files(REPO / "_toc.yml")[1:] if not (REPO / f"{e}.ipynb").is_file()]
-
-
-@pytest.fixture(scope="session")
-def full_book() -> Book:
-    if missing := _missing_chapters():
-        pytest.skip(f"chapter notebooks not written yet: {', '.join(missing)}")
-    # the ci preset (quick with a third of its steps: every cell runs, in CI minutes), two runs
-    # and two chapter kernels side by side: the parallel build is the one tested
-    return _build("full", REPO / "_build", preset="ci", device="cpu", jobs=2)
-
-
-BOOKS = ["tiny_book", "intro_book", pytest.param("full_book", marks=pytest.mark.slow)]
+BOOKS = ["tiny_book", "intro_book"]  # the whole book: tests/test_book_full.py
 
 
 @pytest.fixture(params=BOOKS)
@@ -310,6 +299,7 @@ def test_real_data_is_used_as_is_and_only_its_datasets_run(tmp_path, monkeypatch
                 "out": tmp_path / "results",
                 "device": "cuda",
                 "vgg": None,
+                "jobs": 1,
             },
         )
     ]
