@@ -9,7 +9,8 @@
 ``safe_extract(archive, target)``
     Unpacks a ``.zip`` or ``.tar``/``.tar.gz`` into a temporary sibling folder and renames it to
     ``target``. Every member is checked first: absolute paths, ``..`` components, links that
-    point outside the folder and device files are refused before anything is written.
+    point outside the folder and device files are refused before anything is written. A corrupt
+    or truncated archive raises CorruptArchiveError naming it; the temporary folder is removed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import io
+import lzma
 import os
 import posixpath
 import re
@@ -27,6 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -47,8 +50,16 @@ class UnreachableError(DownloadError):
     """The server could not be reached at all (offline?); nothing was downloaded."""
 
 
-class UnsafeArchiveError(ValueError):
+class ArchiveError(ValueError):
+    """An archive that cannot be extracted; the message names the archive."""
+
+
+class UnsafeArchiveError(ArchiveError):
     """An archive member that would land outside the extraction folder (or is a device file)."""
+
+
+class CorruptArchiveError(ArchiveError):
+    """A file that is not a zip or tar archive, or one that is corrupt or truncated."""
 
 
 # ----------------------------------------------------------------------------- checksums
@@ -69,17 +80,20 @@ def verify_file(
     sha256: str | None = None,
     size: int | None = None,
     md5: str | None = None,
+    label: str | None = None,
 ) -> str:
     """Check size and checksums of ``path``; return its sha256. Raise DownloadError on mismatch.
 
     ``sha256`` may be a prefix of at least 8 hex digits (torchvision publishes the first 8 in its
     file names). With no checksum pinned, the sha256 is printed so that the user can pin it.
-    ``origin`` (the URL) is named in every message.
+    ``origin`` (the URL) is named in every message; ``label`` names the file there (default:
+    its path; a download that is deleted on a mismatch is named by what it is, not its path).
     """
     path = Path(path)
+    label = label or str(path)
     if size is not None and path.stat().st_size != size:
         raise DownloadError(
-            f"{origin}: {path} has {path.stat().st_size} bytes, expected {size}"
+            f"{origin}: {label} has {path.stat().st_size} bytes, expected {size}"
         )
     actual = file_digest(path, "sha256")
     if sha256 is not None:
@@ -88,11 +102,11 @@ def verify_file(
             raise ValueError(f"sha256 {sha256!r} must be at least 8 hex digits")
         if not actual.startswith(expected):
             raise DownloadError(
-                f"{origin}: checksum mismatch for {path}: expected sha256 {expected}, "
+                f"{origin}: checksum mismatch for {label}: expected sha256 {expected}, "
                 f"got {actual} (corrupt download, or the file on the server changed)"
             )
     if md5 is not None and file_digest(path, "md5") != md5.lower():
-        raise DownloadError(f"{origin}: checksum mismatch for {path}: expected md5 {md5}")
+        raise DownloadError(f"{origin}: checksum mismatch for {label}: expected md5 {md5}")
     if sha256 is None and md5 is None:
         print(
             f"note: no checksum is pinned for {origin}; it was checked by size/format only. "
@@ -117,7 +131,8 @@ def download(
 
     If ``dest`` already exists it is verified and reused. Otherwise bytes go to ``dest.part``:
     a short result raises DownloadError saying "truncated" and keeps the ``.part`` file for the
-    next run to resume; a checksum mismatch raises and removes it.
+    next run to resume; a checksum mismatch raises and removes it (the message says so and names
+    the URL, not the removed file).
     """
     dest = Path(dest)
     if dest.exists():
@@ -133,10 +148,10 @@ def download(
         total = _fetch(url, part, offset, quiet)
         _check_length(url, part, size if size is not None else total)
     try:
-        verify_file(part, url, sha256, size, md5)
-    except DownloadError:
+        verify_file(part, url, sha256, size, md5, label=f"the download of {dest.name}")
+    except DownloadError as exc:
         part.unlink(missing_ok=True)
-        raise
+        raise DownloadError(f"{exc}; the download was deleted") from exc
     os.replace(part, dest)
     return dest
 
@@ -152,7 +167,7 @@ def _check_length(url: str, part: Path, expected: int | None) -> None:
         )
     part.unlink()
     raise DownloadError(f"{url}: got {got} bytes, more than the expected {expected}; "
-                        f"removed {part}")
+                        "the download was deleted")
 
 
 def _fetch(url: str, part: Path, offset: int, quiet: bool) -> int | None:
@@ -238,8 +253,10 @@ def safe_extract(
 
     Every member is checked before anything is written; an unsafe one (absolute path, ``..``,
     a link leading outside, a device file) raises UnsafeArchiveError and nothing is extracted.
+    A file that is no archive, or a corrupt or truncated one, raises CorruptArchiveError.
     ``members(name) -> bool`` selects which members to extract (default: all). The files are
-    extracted into a temporary sibling folder that is renamed to ``target`` at the end.
+    extracted into a temporary sibling folder that is renamed to ``target`` at the end; on any
+    error that folder is removed.
     """
     archive, target = Path(archive), Path(target)
     if target.exists():
@@ -250,16 +267,38 @@ def safe_extract(
         with open(archive, "rb") as f:
             is_zip = f.read(2) == b"PK"  # by magic: a tar ending in a zip member is not a zip
         if is_zip and zipfile.is_zipfile(archive):
-            _extract_zip(archive, tmp, members)
+            _guarded(_extract_zip, archive, tmp, members)
         elif tarfile.is_tarfile(archive):
-            _extract_tar(archive, tmp, members)
+            _guarded(_extract_tar, archive, tmp, members)
         else:
-            raise UnsafeArchiveError(f"{archive}: not a zip or tar archive (corrupt download?)")
+            raise CorruptArchiveError(
+                f"{archive}: not a zip or tar archive (corrupt or truncated download?)"
+            )
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return target
+
+
+# What zipfile, tarfile and the decompressors raise for damaged bytes. An OSError with an errno
+# is a fault of the file system (disk full, no permission) and is passed on as it is.
+_DAMAGED = (zipfile.BadZipFile, tarfile.ReadError, tarfile.CompressionError, zlib.error,
+            lzma.LZMAError, EOFError, OSError)
+
+
+def _guarded(extract: Callable, archive: Path, dest: Path, members) -> None:
+    """Run ``extract(archive, dest, members)``; damaged archive data -> CorruptArchiveError."""
+    try:
+        extract(archive, dest, members)
+    except tarfile.FilterError as exc:  # tarfile's own safety filter refused a member
+        raise UnsafeArchiveError(f"{archive}: {exc}; refused") from exc
+    except _DAMAGED as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise CorruptArchiveError(
+            f"{archive}: corrupt or truncated archive ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _check_name(name: str, archive: Path) -> None:
@@ -287,11 +326,28 @@ def _extract_zip(archive: Path, dest: Path, members: Callable[[str], bool] | Non
 def _extract_tar(archive: Path, dest: Path, members: Callable[[str], bool] | None) -> None:
     with tarfile.open(archive, "r:*") as tf:
         infos = tf.getmembers()
+        _check_tar_end(tf, infos, archive)
         for info in infos:
             _check_tar_member(info, archive)
         chosen = [m for m in infos if members is None or members(m.name)]
         # The "data" filter (Python >= 3.11.4) repeats these checks and drops unsafe modes.
         tf.extractall(dest, members=chosen, filter="data")
+
+
+def _check_tar_end(tf: tarfile.TarFile, infos: list[tarfile.TarInfo], archive: Path) -> None:
+    """Refuse a tar without its end-of-archive marker (a zero block after the last member).
+
+    ``tarfile`` stops without a word at a truncated or damaged header after the first one, so
+    a download cut off between two members would otherwise lose the rest unnoticed.
+    """
+    tf.fileobj.seek(tf.offset)  # where tarfile looked for the header after the last member
+    block = tf.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or block.strip(b"\0"):
+        last = repr(infos[-1].name) if infos else "none"
+        raise CorruptArchiveError(
+            f"{archive}: corrupt or truncated archive (no end-of-archive marker after byte "
+            f"{tf.offset}; last complete member {last})"
+        )
 
 
 def _check_tar_member(info: tarfile.TarInfo, archive: Path) -> None:

@@ -42,7 +42,7 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from data_scripts._common import Source, make_parser, run
+from data_scripts._common import Source, count_argument, make_parser, run
 from deepsim_edu.data.layout import DatasetError, DatasetInfo, write_case, write_dataset_json
 
 SOURCE = Source(
@@ -167,8 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", type=int, choices=(4, 35), default=4,
                         help="which label map: 4 tissue classes or 35 structures (default 4)")
     parser.add_argument("--atlas", help="subject id of the atlas (default: the first, sorted)")
-    parser.add_argument("--n-val", type=int, default=N_VAL, help=f"val subjects (default {N_VAL})")
-    parser.add_argument("--n-test", type=int, default=N_TEST,
+    parser.add_argument("--n-val", type=count_argument(0), default=N_VAL,
+                        help=f"val subjects (default {N_VAL})")
+    parser.add_argument("--n-test", type=count_argument(0), default=N_TEST,
                         help=f"test subjects (default {N_TEST})")
     args = parser.parse_args(argv)
 

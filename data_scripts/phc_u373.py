@@ -36,7 +36,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_scripts._common import Source, make_parser, read_tiff_stack, run, scale_intensity
+from data_scripts._common import (
+    Source,
+    count_argument,
+    make_parser,
+    read_tiff_stack,
+    run,
+    scale_intensity,
+)
 from deepsim_edu.data.layout import DatasetError, DatasetInfo, write_case, write_dataset_json
 
 SOURCE = Source(
@@ -131,7 +138,8 @@ def convert(source_root: Path, out_dir: Path, crop: tuple[int, int] = CROP,
 
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser(__doc__, SOURCE)
-    parser.add_argument("--crop", type=int, nargs=2, default=list(CROP), metavar=("H", "W"),
+    parser.add_argument("--crop", type=count_argument(1), nargs=2, default=list(CROP),
+                        metavar=("H", "W"),
                         help="height and width of the centred crop (default: the paper's 512 688)")
     args = parser.parse_args(argv)
     crop = (args.crop[0], args.crop[1])

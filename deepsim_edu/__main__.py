@@ -6,26 +6,40 @@ python -m deepsim_edu experiment --preset quick
 python -m deepsim_edu table --results results/quick [--format md|latex|csv]
 python -m deepsim_edu figures --results results/quick --out figures/
 python -m deepsim_edu book --preset quick --device cpu
+
+Exit status: 0 done; 2 refused — a bad argument (argparse names it, before anything is
+written), a bad dataset or input, or a file or folder that cannot be read or written (one line
+"error: ..." on stderr, naming the file); 130 interrupted by Ctrl-C (training resumes from its
+last finished epoch when the same command is run again). Anything else is a bug in this
+package and shows its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from .config import METRICS, PRESETS
+from .config import MAX_SEED, METRICS, PRESETS, check_lambda, check_positive, check_seed
 from .data.layout import DATASET_NAMES, DatasetError
+
+# commands whose work resumes when they are run again (finished runs are kept, not redone)
+RESUMABLE = ("train-seg", "train", "sweep-lambda", "experiment", "book")
 
 
 def _demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # an impossible --out fails before training
     run_demo(args.out, metric=args.metric, lam=args.lam, steps=args.steps, seed=args.seed)
 
 
 def _data(args: argparse.Namespace) -> None:
     from .data.embedded import ensure_embedded, summarize
+    from .data.layout import load_info
 
     if args.source == "embedded":
         params = {} if args.noise is None else {"noise": args.noise}
@@ -34,7 +48,9 @@ def _data(args: argparse.Namespace) -> None:
         root = Path(args.source)
         if args.noise is not None:
             raise DatasetError("--noise only applies to --source embedded")
-    for line in summarize(root):
+        if (name := load_info(root).name) != args.dataset:
+            raise DatasetError(f"{root} holds dataset {name!r}, not --dataset {args.dataset!r}")
+    for line in summarize(root):  # the full check: one error naming every file at fault
         print(line)
     print(f"dataset folder: {root}")
 
@@ -74,11 +90,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _print_run(run: Path) -> None:
-    import pandas as pd
+    from .runs import load_run_results
 
-    from .runs import results_file
-
-    results = pd.read_csv(results_file(run))
+    results = load_run_results(run)
     print(
         f"{run}: test Dice {results['dice'].mean():.3f} ± {results['dice'].std():.3f} "
         f"(before {results['dice_before'].mean():.3f}), folding "
@@ -88,16 +102,26 @@ def _print_run(run: Path) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .data.embedded import resolve_dataset
+    from .data.layout import check_dataset_name
     from .evaluate import evaluate_run
-    from .runs import results_root, run_folder
+    from .runs import read_config, results_root, run_folder
 
     _check_device(args.device)
-    run = (
-        Path(args.run)
-        if args.run
-        else run_folder(results_root(args.preset, args.out), args.dataset, args.metric)
-    )
-    path = evaluate_run(run, resolve_dataset(args.dataset, args.data), args.split, args.device)
+    dataset = args.dataset
+    if args.run:  # --dataset and --metric default to the run's, and must match it if given
+        run = Path(args.run)
+        config = read_config(run)
+        for flag, given in (("--dataset", args.dataset), ("--metric", args.metric)):
+            recorded = config.get(flag[2:])
+            if given is not None and given != recorded:
+                raise ValueError(f"{flag} {given} given, but {run} is a run of {recorded}")
+        dataset = dataset or config.get("dataset")
+        check_dataset_name(dataset)
+    elif args.dataset is None or args.metric is None:
+        raise ValueError("evaluate needs --run FOLDER, or --dataset and --metric")
+    else:
+        run = run_folder(results_root(args.preset, args.out), args.dataset, args.metric)
+    path = evaluate_run(run, resolve_dataset(dataset, args.data), args.split, args.device)
     if args.split == "test":
         _print_run(run)
     print(f"results: {path}")
@@ -123,10 +147,19 @@ def _experiment(args: argparse.Namespace) -> None:
     print(f"results: {root}")
 
 
+def _note_unevaluated(results: str) -> None:
+    """On stderr: the runs with a checkpoint but no test results, which the tables leave out."""
+    from .runs import unevaluated_note
+
+    for line in unevaluated_note(results):
+        print(line, file=sys.stderr)
+
+
 def _table(args: argparse.Namespace) -> None:
     from .stats import folding_table, results_table
 
     render = {"md": "to_markdown", "latex": "to_latex", "csv": "to_csv"}[args.format]
+    _note_unevaluated(args.results)
     table = results_table(args.results, convention=args.convention)
     print(getattr(table, render)())
     if args.folding:
@@ -137,6 +170,7 @@ def _table(args: argparse.Namespace) -> None:
 def _figures(args: argparse.Namespace) -> None:
     from .figures import save_figures
 
+    _note_unevaluated(args.results)
     for path in save_figures(args.results, args.out, data_dir=args.data):
         print(path)
 
@@ -145,6 +179,7 @@ def _claims(args: argparse.Namespace) -> None:
     from .claims import claim_summary, run_claims
 
     _check_device(args.device)
+    _note_unevaluated(args.results)
     tables = run_claims(args.results, args.data, args.device, args.sweep_dataset)
     print(claim_summary(tables["claims"]).to_string(index=False))
     print(f"written: claims.csv, noise_regions.csv, noise_sweep.csv in {args.results}")
@@ -159,15 +194,45 @@ def _book(args: argparse.Namespace) -> None:
     print(f"book: {Path(index).resolve()}")
 
 
-def _positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (the error names the value)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
+# ----------------------------------------------------------------------------- argument types
+
+
+def _argument_type(parse: Callable, check: Callable, rule: str) -> Callable:
+    """An argparse type: ``check(parse(text))``; if either raises a ValueError, argparse exits
+    with "argument --NAME: must be <rule>, got '<text>'" (exit 2), before any handler runs."""
+
+    def convert(text: str):
+        try:
+            return check(parse(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text!r}") from None
+
+    return convert
+
+
+def _check_noise(noise: float) -> float:
+    from .data.series import check_noise  # the embedded generators' rule (numpy: import late)
+
+    return check_noise(noise)
+
+
+_positive_int = _argument_type(int, check_positive, "a whole number >= 1")
+_seed = _argument_type(int, check_seed, f"a whole number from 0 to {MAX_SEED}")
+_lam = _argument_type(float, check_lambda, "a finite number >= 0 (λ of Eq. 1)")
+_noise = _argument_type(float, _check_noise, "a finite number >= 0 (0 = clean)")
+
+
+class _DistinctLambdas(argparse.Action):
+    """``--grid``: λ values that differ as run folder names (``lam_<λ:g>``, one run each)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = [f"{lam:g}" for lam in values]
+        twice = sorted({name for name in names if names.count(name) > 1}, key=names.index)
+        if twice:
+            raise argparse.ArgumentError(
+                self, f"λ given twice (one run folder lam_<λ> each): {', '.join(twice)}"
+            )
+        setattr(namespace, self.dest, values)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
@@ -179,7 +244,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, dataset: bool = True) ->
                         help="dataset folder (or a folder holding <dataset>/); default: the "
                         "embedded dataset, generated in data/")  # fmt: skip
     parser.add_argument("--out", default=None, help="results root (default results/<preset>)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=_seed, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,11 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="results/demo", help="folder for registration.png")
     demo.add_argument("--metric", default="ncc", choices=["mse", "ncc"])
-    demo.add_argument(
-        "--lam", type=float, default=1.0, help="weight λ of the diffusion regulariser"
-    )
-    demo.add_argument("--steps", type=int, default=300)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--lam", type=_lam, default=1.0, help="weight λ of the diffusion regulariser")
+    demo.add_argument("--steps", type=_positive_int, default=300)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.set_defaults(handler=_demo)
 
     data = commands.add_parser(
@@ -212,10 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="'embedded' (generate offline) or the PATH of a dataset folder to check",
     )
     data.add_argument("--data", default="data", help="folder that holds the embedded datasets")
-    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--seed", type=_seed, default=0)
     data.add_argument(
         "--noise",
-        type=float,
+        type=_noise,
         default=None,
         help="noise level of the embedded generator (0 = the easy, clean case)",
     )
@@ -228,22 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train + test one registration run")
     _add_run_arguments(train)
     train.add_argument("--metric", required=True, choices=METRICS)
-    train.add_argument("--lam", type=float, default=None, help="λ of Eq. 1 (default: the preset's)")
+    train.add_argument("--lam", type=_lam, default=None, help="λ of Eq. 1 (default: the preset's)")
     train.add_argument("--vgg", default=None, help="VGG16 weights file (default: "
                        "features.vgg_weights_path(), data/vgg16_conv.pt)")  # fmt: skip
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("evaluate", help="evaluate a trained run, one CSV row per pair")
-    _add_run_arguments(evaluate)
-    evaluate.add_argument("--metric", required=True, choices=METRICS)
+    _add_run_arguments(evaluate, dataset=False)
+    evaluate.add_argument("--dataset", default=None, choices=DATASET_NAMES,
+                          help="needed without --run (default: the run's)")  # fmt: skip
+    evaluate.add_argument("--metric", default=None, choices=METRICS,
+                          help="needed without --run (default: the run's)")  # fmt: skip
     evaluate.add_argument("--split", default="test", choices=["val", "test"])
-    evaluate.add_argument("--run", default=None, help="run folder (default from --out/--preset)")
+    evaluate.add_argument("--run", default=None,
+                          help="run folder (default <out>/<dataset>/<metric>)")  # fmt: skip
     evaluate.set_defaults(handler=_evaluate)
 
     sweep = commands.add_parser("sweep-lambda", help="pick λ on the validation set (log2 grid)")
     _add_run_arguments(sweep)
     sweep.add_argument("--metric", required=True, choices=METRICS)
-    sweep.add_argument("--grid", type=float, nargs="+", default=None,
+    sweep.add_argument("--grid", type=_lam, nargs="+", default=None, action=_DistinctLambdas,
                        help="λ values (default: the paper's λ × 2^k, k = -2..2)")  # fmt: skip
     sweep.add_argument("--vgg", default=None)
     sweep.set_defaults(handler=_sweep)
@@ -302,14 +369,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ----------------------------------------------------------------------------- main
+
+# errors of making or writing a file (or a folder): a full disk or quota, a read-only file
+# system, a file too large, a file where a folder should be, a name that exists
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.ENOTDIR,
+                 errno.EEXIST}  # fmt: skip
+
+
+def _os_error_line(exc: OSError) -> str:
+    """One line for an OSError: ``error: cannot write <path>: <reason>`` when it failed to make
+    or write ``path`` (a write errno, or a path that does not exist yet: it was being made),
+    else ``error: <path>: <reason>``; this package's own FileNotFoundErrors (a message, no
+    path) as they are."""
+    if exc.filename is None:
+        return f"error: {exc.strerror or exc}"
+    path = os.fsdecode(exc.filename)
+    reason = exc.strerror or str(exc)
+    if exc.errno in _WRITE_ERRNOS or (exc.errno in (errno.EACCES, errno.EPERM)
+                                      and not os.path.isfile(path)):  # fmt: skip
+        return f"error: cannot write {path}: {reason}"
+    return f"error: {path}: {reason}"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; the exit status of the module docstring (0, 2, 130)."""
+    args = build_parser().parse_args(argv)  # a bad argument: SystemExit(2), nothing written
     try:
         args.handler(args)
-    except (DatasetError, ValueError, FileNotFoundError) as exc:
+    except KeyboardInterrupt:
+        pass  # reported below, once the stopped frames (and a progress bar) are closed
+    except (DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as exc:  # the environment: an impossible --out, a full disk, no permission
+        print(_os_error_line(exc), file=sys.stderr)
+        return 2
+    else:
+        return 0
+    then = ("the run resumes from its last finished epoch with the same command"
+            if args.command in RESUMABLE else "no file was left half-written")  # fmt: skip
+    print(f"interrupted: {then}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from .robustness import NOISE_SIGMAS, noise_sweep, noisy_region_smoothness
-from .runs import LOG, available_runs, load_log, load_results, run_folder, write_csv
+from .runs import LOG, available_runs, load_log, load_results, read_table, run_folder, write_csv
 from .stats import compare_metrics
 
 EARLY_POINTS = 3
@@ -136,7 +136,8 @@ def check_claims(results_dir: str | Path, regions: pd.DataFrame | None = None) -
     rows = best_mean_dice(results) + significance(results) + early_convergence(results_dir)
     path = Path(results_dir) / "noise_regions.csv"
     if regions is None and path.is_file():
-        regions = pd.read_csv(path)
+        redo = "run `python -m deepsim_edu claims` again: it measures and rewrites it"
+        regions = read_table(path, ("dataset", "metric"), redo=redo)
     if regions is not None:
         rows += noisy_smoothness(regions)
     return pd.DataFrame(rows)

@@ -172,13 +172,19 @@ def evaluate_pairs(
 def evaluate_run(
     run: str | Path, data: str | Path, split: str = "test", device: str = "cpu"
 ) -> Path:
-    """Evaluate a trained run on ``split``: one row per pair → ``<run>/<split>_results.csv``."""
+    """Evaluate a trained run on ``split``: one row per pair → ``<run>/<split>_results.csv``.
+
+    The whole dataset is checked first (``CaseStore.check``: one DatasetError naming every
+    file at fault), before any pair is registered.
+    """
     net, config = load_registration_net(run, device)
-    pairs = PairDataset(data, split)
-    if pairs.info.name != config["dataset"]:
+    store = CaseStore(data)
+    if store.info.name != config["dataset"]:
         raise ValueError(
-            f"{run} was trained on {config['dataset']!r}, {data} holds {pairs.info.name!r}"
+            f"{run} was trained on {config['dataset']!r}, {data} holds {store.info.name!r}"
         )
+    store.check(keep=(split,))
+    pairs = PairDataset(store, split)
     rows = [{"dataset": config["dataset"], "metric": config["metric"], **row}
             for row in evaluate_pairs(net, pairs, device)]  # fmt: skip
     path = results_file(run, split)

@@ -27,6 +27,7 @@ from .config import (
     segmentation_config,
 )
 from .data.embedded import resolve_dataset
+from .data.layout import check_dataset
 from .evaluate import evaluate_run
 from .runs import (
     checkpoint_path,
@@ -105,6 +106,9 @@ def run_experiment(
 ) -> Path:  # fmt: skip
     """Run the grid (feature extractors first); finished runs are skipped. Returns the root.
 
+    Every dataset is checked in full first (``layout.check_dataset``), so a broken file stops
+    the grid before any training, with every file at fault named.
+
     ``jobs > 1`` trains that many runs side by side in worker processes of one thread each
     (first the extractors, then every dataset × metric); every run is seeded on its own, so the
     results do not depend on ``jobs`` beyond the float rounding of another thread count.
@@ -113,6 +117,8 @@ def run_experiment(
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     root = results_root(preset, out)
     data_roots = {d: resolve_dataset(d, None if data is None else Path(data)) for d in datasets}
+    for data_root in data_roots.values():  # every dataset in full, before any training
+        check_dataset(data_root)
     if "deepsim" in metrics:
         _side_by_side([(feature_extractor, d, preset, data_roots[d], root, device, seed)
                        for d in datasets], jobs)  # fmt: skip

@@ -40,7 +40,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from .config import METRICS
 from .data.embedded import find_dataset, resolve_dataset
-from .data.layout import DATASET_NAMES, atomic_write_bytes, check_dataset_name
+from .data.layout import DATASET_NAMES, check_dataset_name
 from .data.pairs import PairDataset
 from .evaluate import (
     dice_or_nan,
@@ -60,6 +60,7 @@ from .runs import (
     run_folder,
     segmentation_folder,
     trained_runs,
+    write_bytes,
 )
 from .viz import (
     BEFORE_COLOUR,
@@ -451,10 +452,11 @@ def plot_feature_maps(
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """PNG through a temporary file and a rename (never a half-written figure)."""
+    """PNG through a temporary file and a rename (never a half-written figure; an OSError
+    names the file or the folder that could not be made)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=130)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -477,9 +479,14 @@ def save_figures(
     def skip(name: str, reason: str) -> None:
         print(f"skipped {name}: {reason}")
 
+    # every log and results file is read before the first PNG: one that cannot be read stops
+    # the command with its name, and nothing is written
     logs = available_runs(root, LOG)
+    lengths = [len(load_log(run_folder(root, d, m))) for d, ms in logs.items() for m in ms]
+    if results_files(root):
+        load_results(root)
     if logs:
-        longest = max(len(load_log(run_folder(root, d, m))) for d, ms in logs.items() for m in ms)
+        longest = max(lengths)
         fig = plot_convergence(root, smoothing=0.6 if longest >= 20 else 0.0)
         written.append(_save(fig, out / "convergence.png"))
     else:

@@ -12,8 +12,10 @@ A results root (default ``results/<preset>``, ``results_root``) holds::
     <root>/<dataset>/<metric>/sweep.csv         the sweep's table: λ, best / last val Dice, run
 
 Every writer goes through a temporary file and a rename (``data.layout.atomic_write_bytes``),
-so a killed run never leaves a half-written file. Every reader names the file or folder it
-could not find. Registering and scoring with a run's net is ``evaluate.py``.
+so a killed run never leaves a half-written file, and a failed write (a full disk, a folder
+that cannot be made) raises an OSError naming the file. Every reader names the file or folder
+it could not find or read (empty, truncated, not CSV, a column missing) and the command that
+writes it again. Registering and scoring with a run's net is ``evaluate.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -35,15 +38,33 @@ LOG = "log.csv"
 CHECKPOINT = "checkpoint.pt"
 SEGMENTATION = "segmentation"
 SWEEP = "sweep"
+# the columns every reader of a results file needs, and those of a log.csv
+RESULT_COLUMNS = ("dataset", "metric", "moving", "fixed", "dice")
+LOG_COLUMNS = ("step", "val_dice")
 
 # ----------------------------------------------------------------------------- writing
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """``data.layout.atomic_write_bytes`` (a temporary file, then a rename); its OSError names
+    ``path``: a write that fails for a full disk names no file, and a temporary file that
+    could not be made is no file the user knows. An error that names a folder that could not
+    be made (``--out`` under a file, an unwritable folder) keeps naming that folder."""
+    path = Path(path)
+    try:
+        atomic_write_bytes(path, data)
+    except OSError as exc:
+        named = None if exc.filename is None else Path(os.fsdecode(exc.filename))
+        if exc.errno is not None and (named is None or named.name.startswith(f".{path.name}.")):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """``torch.save`` into memory, then an atomic write: never a half-written checkpoint."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -58,17 +79,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
-def write_csv(path: str | Path, rows: list[dict]) -> None:
-    """Write rows (dicts with the same keys) as CSV, atomically."""
+def csv_bytes(rows: list[dict]) -> bytes:
+    """Rows (dicts with the same keys) as the bytes of a CSV file: a header, one line per row
+    (no rows: no bytes). The same rows always give the same bytes."""
     text = io.StringIO()
     if rows:
         writer = csv.DictWriter(text, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    atomic_write_bytes(path, text.getvalue().encode())
+    return text.getvalue().encode()
+
+
+def write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Write rows (dicts with the same keys) as CSV (``csv_bytes``), atomically."""
+    write_bytes(path, csv_bytes(rows))
 
 
 # ----------------------------------------------------------------------------- the layout
@@ -202,23 +229,121 @@ def results_files(results_dir: str | Path, split: str = "test") -> list[Path]:
     return sorted(Path(results_dir).glob(str(results_file(Path("*", "*"), split))))
 
 
+def unevaluated_runs(results_dir: str | Path, split: str = "test") -> dict[str, list[str]]:
+    """``{dataset: [metric, ...]}`` of the registration runs with a ``checkpoint.pt`` but no
+    ``<split>_results.csv``: the runs ``load_results`` leaves out. Ordered and filtered as
+    ``available_runs``."""
+    root = results_folder(results_dir)
+    runs = {d: [m for m in metrics if not results_file(run_folder(root, d, m), split).is_file()]
+            for d, metrics in available_runs(root).items()}  # fmt: skip
+    return {d: metrics for d, metrics in runs.items() if metrics}
+
+
+def evaluate_command(run: str | Path, split: str = "test") -> str:
+    """The command line that (re)writes ``<run>/<split>_results.csv``, in backticks."""
+    split_arg = "" if split == "test" else f" --split {split}"
+    return f"`python -m deepsim_edu evaluate --run {run}{split_arg} [--data DIR]`"
+
+
+def unevaluated_note(results_dir: str | Path, split: str = "test") -> list[str]:
+    """Lines naming the runs of ``unevaluated_runs`` (as ``<dataset>/<metric>``) and what to do:
+    trained but not evaluated (the ``evaluate`` command), training not finished (train again:
+    it resumes, then evaluates), or a checkpoint that cannot be read. ``[]`` when every run
+    with a checkpoint has its results. The CLI prints them under ``table``, ``claims`` and
+    ``figures``."""
+    root = results_folder(results_dir)
+    groups: dict[str, list[str]] = {"finished": [], "unfinished": [], "unreadable": []}
+    for dataset, metrics in unevaluated_runs(root, split).items():
+        for metric in metrics:
+            try:
+                finished = training_finished(run_folder(root, dataset, metric))
+                groups["finished" if finished else "unfinished"].append(f"{dataset}/{metric}")
+            except ValueError:  # a corrupt checkpoint.pt
+                groups["unreadable"].append(f"{dataset}/{metric}")
+    what = {
+        "finished": "trained but not evaluated (run "
+        f"{evaluate_command(root / '<dataset>' / '<metric>', split)})",
+        "unfinished": f"training not finished, no {split} results (run its `train` or "
+        "`experiment` command again: it resumes, then evaluates)",
+        "unreadable": f"checkpoint.pt unreadable, no {split} results (delete the run folder "
+        "and train again)",
+    }
+    return [f"{what[group]}: {', '.join(names)}" for group, names in groups.items() if names]
+
+
 # ----------------------------------------------------------------------------- reading runs
 
 
+def read_table(
+    path: str | Path, columns: tuple[str, ...] = (), numeric: tuple[str, ...] = (),
+    redo: str = "",
+) -> pd.DataFrame:  # fmt: skip
+    """A CSV file that this package wrote (``write_csv``), read with pandas.
+
+    ValueError naming ``path`` (and ending with ``redo``, what writes it again) when the file
+    cannot be read, is empty (0 bytes), is no CSV table, lacks one of ``columns``, has a header
+    but no rows, holds text in one of ``numeric``, or is truncated (``write_csv`` ends every
+    line with a newline, so a file cut short ends without one).
+    """
+    path = Path(path)
+    table, problem = None, ""
+    try:
+        raw = path.read_bytes()
+        table = pd.read_csv(io.BytesIO(raw))
+    except OSError as exc:
+        problem = f"cannot read it ({exc.strerror or exc})"
+    except pd.errors.EmptyDataError:
+        problem = "empty file (no header, no rows)"
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        problem = f"not a CSV table ({str(exc).strip().splitlines()[-1]})"
+    if table is not None:
+        missing = [c for c in columns if c not in table.columns]
+        text = [c for c in numeric if c in table and not pd.api.types.is_numeric_dtype(table[c])]
+        if missing:
+            problem = f"no column {', '.join(missing)} (columns: {', '.join(map(str, table))})"
+        elif table.empty:
+            problem = "a header but no rows"
+        elif text:
+            problem = f"text where numbers belong, in column {', '.join(text)}"
+        elif not raw.endswith(b"\n"):
+            problem = "truncated (its last line is cut short)"
+    if problem:
+        raise ValueError(f"{path}: {problem}" + (f"; {redo}" if redo else ""))
+    return table
+
+
 def read_config(run: str | Path) -> dict:
-    """The ``config.json`` of a run folder."""
+    """The ``config.json`` of a run folder; errors name the file."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no run config (is {run} a run folder?)")
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a JSON run config ({exc})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: not a JSON run config (a {type(config).__name__}, no object)")
+    return config
 
 
 def load_log(run: str | Path) -> pd.DataFrame:
-    """The per-epoch training log of a run folder (``log.csv``: step, losses, val_dice, …)."""
+    """The per-epoch training log of a run folder (``log.csv``: step, losses, val_dice, …);
+    errors name the file (``read_table``)."""
     path = Path(run) / LOG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no training log (is {run} a run folder?)")
-    return pd.read_csv(path)
+    redo = "run its training command again: it rewrites log.csv from checkpoint.pt"
+    return read_table(path, LOG_COLUMNS, LOG_COLUMNS, redo)
+
+
+def load_run_results(run: str | Path, split: str = "test") -> pd.DataFrame:
+    """One run's per-pair results, ``<run>/<split>_results.csv`` (``evaluate.evaluate_run``);
+    errors name the file and the command that writes it again (``read_table``)."""
+    path = results_file(run, split)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {split} results; run {evaluate_command(run, split)}")
+    redo = f"evaluate the run again with {evaluate_command(run, split)}"
+    return read_table(path, RESULT_COLUMNS, ("dice",), redo)
 
 
 def load_results(results_dir: str | Path, split: str = "test") -> pd.DataFrame:
@@ -226,8 +351,10 @@ def load_results(results_dir: str | Path, split: str = "test") -> pd.DataFrame:
 
     One row per (dataset, metric, test pair), the columns of ``evaluate.evaluate_pairs`` plus
     ``dataset`` and ``metric``, the files concatenated in sorted order. λ-sweep runs
-    (``<metric>/sweep/…``) are not included. Raises ``FileNotFoundError`` naming the folder
-    when it holds no results file at all.
+    (``<metric>/sweep/…``) are not included; runs with a checkpoint but no results file are
+    left out (``unevaluated_runs`` lists them). Raises ``FileNotFoundError`` naming the folder
+    when it holds no results file at all, and a ValueError naming the file that cannot be read
+    (``load_run_results``) or holds the rows of another dataset or metric than its folder's.
     """
     files = results_files(results_dir, split)
     if not files:
@@ -235,7 +362,19 @@ def load_results(results_dir: str | Path, split: str = "test") -> pd.DataFrame:
             f"no {split}_results.csv under {Path(results_dir)}/<dataset>/<metric>/ — run "
             "`python -m deepsim_edu experiment` (or `evaluate`) first"
         )
-    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    tables = []
+    for path in files:
+        table = load_run_results(path.parent, split)
+        dataset, metric = path.parent.parent.name, path.parent.name
+        other = table[(table["dataset"] != dataset) | (table["metric"] != metric)]
+        if len(other):
+            raise ValueError(
+                f"{path}: rows of {other['dataset'].iloc[0]}/{other['metric'].iloc[0]} in the "
+                f"folder of {dataset}/{metric}; evaluate the run again with "
+                f"{evaluate_command(path.parent, split)}"
+            )
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True)
 
 
 def load_registration_net(run: str | Path, device: str = "cpu") -> tuple[UNet, dict]:
@@ -276,7 +415,9 @@ def sweep_table(folder: str | Path) -> pd.DataFrame:
     ):
         if table_csv is None or not table_csv.is_file():
             continue
-        for record in pd.read_csv(table_csv).to_dict("records"):
+        redo = "run `python -m deepsim_edu sweep-lambda` again: it rewrites sweep.csv"
+        saved = read_table(table_csv, ("lam", "best_val_dice"), ("lam", "best_val_dice"), redo)
+        for record in saved.to_dict("records"):
             row = rows.setdefault(float(record["lam"]), {"lam": float(record["lam"]), "run": None})
             row.setdefault("best_val_dice", float(record["best_val_dice"]))
             row["selected"] = bool(record.get("selected", False))

@@ -382,7 +382,9 @@ def results_table(
     ``dice_paper_convention``), with the mark of how much ``reference`` beats that row; bold:
     the best mean per dataset. Rows: the metrics with at least one run (``config.METRICS``
     order); columns: the datasets present (``config.DATASETS`` order); "–" where a dataset
-    lacks a metric's run. Raises FileNotFoundError when the folder holds no results.
+    lacks a metric's run. Raises FileNotFoundError when the folder holds no results and a
+    ValueError naming a results file that cannot be read (``runs.load_results``); runs with a
+    checkpoint but no results are left out (``runs.unevaluated_note`` names them).
     """
     if convention not in DICE_COLUMNS:
         raise ValueError(

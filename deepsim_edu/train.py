@@ -33,6 +33,7 @@ from .runs import (
     CONFIG,
     LOG,
     checkpoint_path,
+    csv_bytes,
     load_checkpoint,
     save_checkpoint,
     write_csv,
@@ -66,12 +67,18 @@ def check_device(device: str) -> str:
 
 
 def _open_run(data: str | Path, config, kind: str, device: str) -> tuple[CaseStore, dict]:
-    """The dataset of a run (checked against ``config.dataset``) and the run's config dict."""
+    """The dataset of a run (checked against ``config.dataset``) and the run's config dict.
+
+    The whole dataset is checked here, before the first step and before anything is written
+    (``CaseStore.check``: one DatasetError naming every file at fault); the training and
+    validation cases it read stay in memory.
+    """
     store = CaseStore(data)
     info = store.info
     if info.name != config.dataset:
         raise ValueError(f"config is for dataset {config.dataset!r} but {data} holds {info.name!r}")
     check_device(device)
+    store.check(keep=("train", "val"))
     return store, {**config.to_dict(), "kind": kind, "ndim": info.ndim, "classes": info.classes}
 
 
@@ -107,6 +114,14 @@ def _end_epoch(out: Path, log: list[dict], run_config: dict, states: dict, **pro
     checkpoint.update(progress, config=run_config, log=log)
     save_checkpoint(checkpoint_path(out), checkpoint)
     write_csv(out / LOG, log)
+
+
+def _mend_log(out: Path, log: list[dict]) -> None:
+    """A finished run's ``log.csv`` as its checkpoint holds it (rewritten only if it differs):
+    a run stopped (Ctrl-C) between the checkpoint and the log of its last epoch, or whose
+    log.csv was damaged, is mended by running it again."""
+    if not (out / LOG).is_file() or (out / LOG).read_bytes() != csv_bytes(log):
+        write_csv(out / LOG, log)
 
 
 def _progress_bar(epochs: int, steps_per_epoch: int, start_epoch: int, show: bool, desc: str):
@@ -193,6 +208,7 @@ def train_segmentation(
         _resume(out, run_config, states, device) if resume else ([], 0, False)
     )
     if finished:
+        _mend_log(out, log)
         return log[-1]
     write_json(out / CONFIG, run_config)
 
@@ -362,6 +378,7 @@ def train_registration(
         _resume(out, run_config, states, device) if resume else ([], 0, False)
     )
     if finished:
+        _mend_log(out, log)
         return log
     write_json(out / CONFIG, run_config)
 

@@ -113,11 +113,17 @@ def warp(
 
     Returns:
         the warped image, same shape and dtype as ``image``.
+
+    Raises:
+        ValueError naming the argument when the displacement or a floating-point image holds
+        NaN or inf (linear interpolation would smear one NaN voxel over its neighbours).
     """
     if mode not in ("linear", "nearest"):
         raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
     ndim = check_displacement(image, displacement)
     _check_finite("displacement", displacement)
+    if image.is_floating_point():  # interpolation would spread one NaN to its neighbours
+        _check_finite("image", image)
     if mode == "linear" and not image.is_floating_point():
         raise ValueError(
             "linear warping needs a floating-point image; use mode='nearest' for labels"

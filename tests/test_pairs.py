@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from deepsim_edu.data.layout import DatasetError, DatasetInfo, write_case, write_dataset_json
-from deepsim_edu.data.pairs import CaseDataset, PairDataset, evaluation_pairs, training_pairs
+from deepsim_edu.data.pairs import (
+    CaseDataset,
+    CaseStore,
+    PairDataset,
+    evaluation_pairs,
+    training_pairs,
+)
 
 
 def series_info(n=10):
@@ -71,3 +77,39 @@ def test_pair_dataset_reads_tensors(tmp_path):
     assert training.pairs == training_pairs(info, "train", 4)
     cases = CaseDataset(pairs.store, "val")
     assert len(cases) == 3 and cases[0]["image"].shape == (1, 8, 8)
+
+
+def test_case_store_check_keeps_the_cases_it_read(tmp_path, monkeypatch):
+    from deepsim_edu.data import pairs as pairs_module
+
+    info = series_info(3)
+    rng = np.random.default_rng(0)
+    written = {}
+    for cases in info.splits.values():
+        for case in cases:
+            written[case] = rng.random((8, 8)).astype(np.float32)
+            write_case(tmp_path, case, written[case], rng.integers(0, 2, (8, 8)), [1, 1])
+    write_dataset_json(tmp_path, info)
+    store = CaseStore(tmp_path)
+    report = store.check(keep=("train",))
+    assert sorted(report.cases) == sorted(info.cases())
+
+    def no_read(*args):
+        raise AssertionError("read again")
+
+    monkeypatch.setattr(pairs_module, "read_case", no_read)
+    for case in info.splits["train"]:  # from memory, as written
+        np.testing.assert_array_equal(store[case][0][0].numpy(), written[case])
+    with pytest.raises(AssertionError, match="read again"):
+        store["val_00"]  # not kept: read when asked for
+    with pytest.raises(DatasetError, match="unknown split 'dev'"):
+        store.check(keep=("dev",))
+
+
+def test_a_dataset_with_a_path_as_case_id_cannot_be_opened(tmp_path):
+    info = series_info(3)
+    write_dataset_json(tmp_path, info)
+    raw = (tmp_path / "dataset.json").read_text().replace('"test_01"', '"../../etc/passwd"')
+    (tmp_path / "dataset.json").write_text(raw)
+    with pytest.raises(DatasetError, match=r"case id '../../etc/passwd' in split 'test' contains"):
+        PairDataset(tmp_path, "test")

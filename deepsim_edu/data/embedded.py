@@ -14,16 +14,13 @@ import importlib
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .layout import (
     DATASET_NAMES,
-    SPLITS,
     DatasetError,
     atomic_write_bytes,
+    check_dataset,
     check_dataset_name,
     load_info,
-    read_case,
     staging_folder,
 )
 
@@ -114,30 +111,12 @@ def datasets_in(data_dir: str | Path) -> dict[str, Path]:
 
 
 def summarize(root: str | Path) -> list[str]:
-    """Validate every case of a dataset folder and return one summary line per split.
+    """Check a dataset folder in full (``layout.check_dataset``) and return one summary line
+    per split, the atlas, and what was checked.
 
-    Raises DatasetError naming the file at fault (missing, corrupt, wrong shape or labels).
+    Raises one DatasetError naming every file at fault (missing, corrupt, wrong shape or labels).
     """
-    info = load_info(root)
-    lines = []
-    for split in SPLITS:
-        shapes, present, lo, hi = set(), set(), np.inf, -np.inf
-        for case in info.splits[split]:
-            image, label = read_case(root, info, case)
-            shapes.add(image.shape)
-            present.update(np.unique(label).tolist())
-            lo, hi = min(lo, float(image.min())), max(hi, float(image.max()))
-        shape = ", ".join(str(s) for s in sorted(shapes))
-        missing = [info.classes[c] for c in range(info.num_classes) if c not in present]
-        lines.append(
-            f"{info.name} {split:<5}: {len(info.splits[split]):3d} cases, shape {shape}, "
-            f"intensity {lo:.2f}..{hi:.2f}, classes present {len(present)}/{info.num_classes}"
-            + (f" (missing: {', '.join(missing)})" if missing else "")
-        )
-    if info.atlas is not None:
-        image, _ = read_case(root, info, info.atlas)
-        lines.append(f"{info.name} atlas: {info.atlas}, shape {image.shape}")
-    return lines
+    return check_dataset(root).summary()
 
 
 __all__ = [

@@ -16,7 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .layout import SPLITS, DatasetError, DatasetInfo, load_info, read_case
+from .layout import (
+    SPLITS,
+    DatasetError,
+    DatasetInfo,
+    DatasetReport,
+    check_dataset,
+    load_info,
+    read_case,
+)
 
 
 def _check_split(split: str) -> None:
@@ -59,6 +67,7 @@ class CaseStore:
     """Reads cases of one dataset folder once and keeps them in memory as tensors.
 
     ``store[case] -> (image (1, *spatial) float32, label (1, *spatial) int64)``.
+    ``store.check()`` checks the whole dataset first (``layout.check_dataset``).
     """
 
     def __init__(self, root: str | Path):
@@ -66,10 +75,27 @@ class CaseStore:
         self.info = load_info(self.root)
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def _keep(self, case: str, image: np.ndarray, label: np.ndarray) -> None:
+        self._cache[case] = (torch.from_numpy(image)[None], torch.from_numpy(label)[None])
+
+    def check(self, keep: tuple[str, ...] = SPLITS) -> DatasetReport:
+        """Check every file of the dataset (``layout.check_dataset``; one DatasetError naming
+        every file at fault) and keep in memory the cases of the splits ``keep`` (and the
+        atlas), so that what the check read is not read again."""
+        for split in keep:
+            _check_split(split)
+        wanted = {case for split in keep for case in self.info.splits[split]}
+        wanted.add(self.info.atlas)
+
+        def keep_case(case: str, image: np.ndarray, label: np.ndarray) -> None:
+            if case in wanted:
+                self._keep(case, image, label)
+
+        return check_dataset(self.root, keep=keep_case)
+
     def __getitem__(self, case: str) -> tuple[torch.Tensor, torch.Tensor]:
         if case not in self._cache:
-            image, label = read_case(self.root, self.info, case)
-            self._cache[case] = (torch.from_numpy(image)[None], torch.from_numpy(label)[None])
+            self._keep(case, *read_case(self.root, self.info, case))
         return self._cache[case]
 
 

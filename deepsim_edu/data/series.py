@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .layout import DatasetInfo, save_nifti, staging_folder, write_case, write_dataset_json
+from .layout import DatasetInfo, staging_folder, write_case, write_dataset_json
 from .synth import bias_field, smooth_noise
 
 
@@ -103,8 +103,8 @@ def write_series_dataset(out: str | Path, info: DatasetInfo, sections: dict[str,
     spacing = info.spacing
     with staging_folder(out) as tmp:
         for case, section in sections.items():
-            write_case(tmp, case, section.image, section.label, spacing, section.displacement)
-            save_nifti(tmp / "noise_masks" / f"{case}.nii.gz", section.noise_mask, spacing)
+            write_case(tmp, case, section.image, section.label, spacing, section.displacement,
+                       noise_mask=section.noise_mask)  # fmt: skip
         write_dataset_json(tmp, info)
     return out
 
