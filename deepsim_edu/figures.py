@@ -40,7 +40,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from .config import METRICS
 from .data.embedded import find_dataset, resolve_dataset
-from .data.layout import DATASET_NAMES, check_dataset_name
+from .data.layout import DATASET_NAMES, atomic_write_bytes, check_dataset_name
 from .data.pairs import PairDataset
 from .evaluate import (
     dice_or_nan,
@@ -60,7 +60,6 @@ from .runs import (
     run_folder,
     segmentation_folder,
     trained_runs,
-    write_bytes,
 )
 from .viz import (
     BEFORE_COLOUR,
@@ -456,7 +455,7 @@ def _save(fig: Figure, path: Path) -> Path:
     names the file or the folder that could not be made)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=130)
-    write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

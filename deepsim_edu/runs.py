@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -45,26 +44,11 @@ LOG_COLUMNS = ("step", "val_dice")
 # ----------------------------------------------------------------------------- writing
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
-    """``data.layout.atomic_write_bytes`` (a temporary file, then a rename); its OSError names
-    ``path``: a write that fails for a full disk names no file, and a temporary file that
-    could not be made is no file the user knows. An error that names a folder that could not
-    be made (``--out`` under a file, an unwritable folder) keeps naming that folder."""
-    path = Path(path)
-    try:
-        atomic_write_bytes(path, data)
-    except OSError as exc:
-        named = None if exc.filename is None else Path(os.fsdecode(exc.filename))
-        if exc.errno is not None and (named is None or named.name.startswith(f".{path.name}.")):
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-
-
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """``torch.save`` into memory, then an atomic write: never a half-written checkpoint."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -79,7 +63,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def write_json(path: str | Path, obj: dict) -> None:
-    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def csv_bytes(rows: list[dict]) -> bytes:
@@ -95,7 +79,7 @@ def csv_bytes(rows: list[dict]) -> bytes:
 
 def write_csv(path: str | Path, rows: list[dict]) -> None:
     """Write rows (dicts with the same keys) as CSV (``csv_bytes``), atomically."""
-    write_bytes(path, csv_bytes(rows))
+    atomic_write_bytes(path, csv_bytes(rows))
 
 
 # ----------------------------------------------------------------------------- the layout

@@ -212,6 +212,18 @@ def test_write_faults_name_the_file(series, tmp_path, capsys, monkeypatch, patch
     assert last_line(err) == f"error: cannot write {out / 'phc-u373/mse/config.json'}: {why}"
 
 
+def test_full_disk_while_generating_a_dataset_names_the_file(tmp_path, capsys, monkeypatch):
+    """`data` writes through the same atomic writer: its full-disk error names the file too,
+    and the staging folder leaves no file behind (the empty --data folder may stay)."""
+    monkeypatch.setattr(layout, "os", _FullDisk())
+    with nothing_written(tmp_path, files_only=True):
+        code, _, err = run_main(capsys, "data", "--dataset", "phc-u373", "--data", tmp_path / "d")
+    assert code == 2
+    line = last_line(err)
+    assert line.startswith("error: cannot write ") and line.endswith(": No space left on device")
+    assert ".nii.gz" in line or "dataset.json" in line  # a file of the dataset, not a temp name
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
 def test_read_only_out(series, tmp_path, capsys):
     out = tmp_path / "out"

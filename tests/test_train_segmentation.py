@@ -188,3 +188,15 @@ def test_plateau_lowers_the_lr_and_early_stopping_ends_the_run(squares, tmp_path
     assert len(checkpoint["log"]) == 3 and checkpoint["finished"] is True
     lr = checkpoint["optimizer"]["param_groups"][0]["lr"]
     assert lr == pytest.approx(1e-3 * 0.1**2)  # cut after epochs 2 and 3
+
+
+def test_fewer_longer_epochs_train_the_same_net(squares, tmp_path):
+    """Every step is seeded by its index and validation changes no weight: 4 epochs of 4 steps
+    and 2 epochs of 8 give the same net (what the ci preset relies on)."""
+    train_segmentation(squares, tmp_path / "a", tiny_config(steps_per_epoch=4, epochs=4),
+                       progress=False)  # fmt: skip
+    train_segmentation(squares, tmp_path / "b", tiny_config(steps_per_epoch=8, epochs=2),
+                       progress=False)  # fmt: skip
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
