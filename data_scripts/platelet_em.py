@@ -20,7 +20,7 @@ RGB and from FastEstimator's loader of the RGBA archive). An unknown colour is a
 names the file, never a silent background. **Not verified here**: the real archives could not be
 downloaded offline; their member layout and colours are taken from those sources.
 
-Conversion (the paper's, see ``reference_facts.md``):
+Conversion (the paper's, DeepSimRegistration: src/datasets/tif_stack_dataset.py and its helpers.py):
 - classes reduced to 3 as in the paper's ``helpers.py`` (``label[label > 1] = 2``):
   0 background, 1 cytoplasm (= cell), 2 organelle (= classes 2–6);
 - intensities / 256 (the paper's ``x / 2**8``; see ``_common.scale_intensity``);
