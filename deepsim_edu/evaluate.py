@@ -198,10 +198,10 @@ def evaluate_run(
 def dice_or_nan(pred: Tensor, target: Tensor, num_classes: int) -> float:
     """Foreground-mean Dice of one pair of label maps ``(1, *spatial)``; NaN where neither map
     has a foreground class (the Dice is undefined there, e.g. in a small window)."""
-    try:
-        return dice(pred, target, num_classes).item()
-    except ValueError:  # no foreground in either map
+    per_class = dice_per_class(pred, target, num_classes)  # (1, C); bad labels still raise
+    if per_class[:, 1:].isnan().all():  # no foreground in either map
         return float("nan")
+    return mean_dice(per_class).item()
 
 
 def load_test_pair(

@@ -16,12 +16,11 @@ from contextlib import contextmanager
 
 import pandas as pd
 import pytest
-import torch
 
 from deepsim_edu.__main__ import main
 from deepsim_edu.data import layout
-from deepsim_edu.data.layout import DatasetInfo, write_case, write_dataset_json
 from deepsim_edu.runs import load_checkpoint, save_checkpoint, write_csv, write_json
+from tests.disc_series import write_disc_series
 
 LAM = "must be a finite number >= 0 (λ of Eq. 1), got"
 SEED = "must be a whole number from 0 to 4294967295, got"
@@ -34,21 +33,7 @@ RESUMES = "interrupted: the run resumes from its last finished epoch with the sa
 def series(tmp_path_factory):
     """<data>/phc-u373: 128x128 frames (the quick crop) of a disc drifting 2 voxels per frame;
     4 training, 2 validation and 2 test frames (one validation and one test pair)."""
-    root = tmp_path_factory.mktemp("data")
-    gen = torch.Generator().manual_seed(0)
-    rows, cols = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
-    splits = {s: [f"{s}_{i}" for i in range(n)] for s, n in (("train", 4), ("val", 2),
-                                                             ("test", 2))}  # fmt: skip
-    for cases in splits.values():
-        for i, case in enumerate(cases):
-            label = (((rows - 64) ** 2 + (cols - 50 - 2 * i) ** 2) < 30**2).to(torch.uint8)
-            image = 0.3 + 0.4 * label + 0.05 * torch.rand(128, 128, generator=gen)
-            write_case(root / "phc-u373", case, image.numpy(), label.numpy(), [1.0, 1.0])
-    info = DatasetInfo(
-        name="phc-u373", ndim=2, spacing=[1, 1], classes=["background", "cell"], splits=splits
-    )
-    write_dataset_json(root / "phc-u373", info)
-    return root
+    return write_disc_series(tmp_path_factory.mktemp("data"), 4, 2, 2)
 
 
 def state(folder):

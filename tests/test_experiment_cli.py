@@ -8,26 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from deepsim_edu.data.layout import DatasetInfo, write_case, write_dataset_json
+from tests.disc_series import write_disc_series
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """<data>/phc-u373: frames of 128x128 with a textured disc that drifts 2 voxels per frame."""
-    root = tmp_path_factory.mktemp("data")
-    gen = torch.Generator().manual_seed(0)
-    rows, cols = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
-    splits = {s: [f"{s}_{i}" for i in range(4)] for s in ("train", "val", "test")}
-    for cases in splits.values():
-        for i, case in enumerate(cases):
-            label = (((rows - 64) ** 2 + (cols - 50 - 2 * i) ** 2) < 30**2).to(torch.uint8)
-            image = 0.3 + 0.4 * label + 0.05 * torch.rand(128, 128, generator=gen)
-            write_case(root / "phc-u373", case, image.numpy(), label.numpy(), [1.0, 1.0])
-    info = DatasetInfo(
-        name="phc-u373", ndim=2, spacing=[1, 1], classes=["background", "cell"], splits=splits
-    )
-    write_dataset_json(root / "phc-u373", info)
-    return root
+    return write_disc_series(tmp_path_factory.mktemp("data"))
 
 
 def cli(*args):
