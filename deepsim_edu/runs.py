@@ -34,6 +34,7 @@ from .unet import UNet, registration_unet
 
 CONFIG = "config.json"
 LOG = "log.csv"
+VAL_PAIRS = "val_pairs.csv"  # per-pair validation Dice after every epoch (and at step 0)
 CHECKPOINT = "checkpoint.pt"
 SEGMENTATION = "segmentation"
 SWEEP = "sweep"
@@ -318,6 +319,16 @@ def load_log(run: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{path}: no training log (is {run} a run folder?)")
     redo = "run its training command again: it rewrites log.csv from checkpoint.pt"
     return read_table(path, LOG_COLUMNS, LOG_COLUMNS, redo)
+
+
+def load_val_pairs(run: str | Path) -> pd.DataFrame:
+    """The per-pair validation log of a registration run (``val_pairs.csv``: epoch, step,
+    moving, fixed, dice, dice_before, folding_fraction; step 0 is the untrained net)."""
+    path = Path(run) / VAL_PAIRS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no per-pair validation log (a run of an older version?)")
+    redo = "run its training command again: it rewrites val_pairs.csv from checkpoint.pt"
+    return read_table(path, ("step", "moving", "fixed", "dice"), ("step", "dice"), redo)
 
 
 def load_run_results(run: str | Path, split: str = "test") -> pd.DataFrame:

@@ -32,6 +32,7 @@ from .registration import registration_loss
 from .runs import (
     CONFIG,
     LOG,
+    VAL_PAIRS,
     checkpoint_path,
     csv_bytes,
     load_checkpoint,
@@ -92,36 +93,45 @@ def _check_resumable(checkpoint: dict, config: dict, out: Path) -> None:
         )
 
 
-def _resume(out: Path, run_config: dict, states: dict, device: str) -> tuple[list[dict], int, bool]:
+def _resume(out: Path, run_config: dict, states: dict, device: str) -> tuple[dict, int, bool]:
     """Continue the run in ``out`` if it has a checkpoint of the same config.
 
     ``states``: checkpoint key → object with ``load_state_dict`` (model, optimiser, ...), loaded
-    in place. Returns (log, epochs done, finished); ``([], 0, False)`` for a new run.
+    in place. Returns (checkpoint, epochs done, finished) — the checkpoint holds the ``log``
+    (and, for registration, ``val_pairs``); ``({"log": []}, 0, False)`` for a new run.
     """
     if not checkpoint_path(out).exists():
-        return [], 0, False
+        return {"log": []}, 0, False
     checkpoint = load_checkpoint(checkpoint_path(out), map_location=device)
     _check_resumable(checkpoint, run_config, out)
     for key, obj in states.items():
         obj.load_state_dict(checkpoint[key])
-    return checkpoint["log"], checkpoint["epoch"], checkpoint.get("finished", False)
+    return checkpoint, checkpoint["epoch"], checkpoint.get("finished", False)
 
 
-def _end_epoch(out: Path, log: list[dict], run_config: dict, states: dict, **progress) -> None:
+def _end_epoch(
+    out: Path, log: list[dict], run_config: dict, states: dict, val_pairs: list[dict] | None = None,
+    **progress,
+) -> None:  # fmt: skip
     """After an epoch: ``checkpoint.pt`` (every state of ``states``, ``progress`` such as the
-    epoch, the config and the log), then ``log.csv`` — each written atomically."""
+    epoch, the config, the log and the per-pair validation rows), then ``log.csv`` and
+    ``val_pairs.csv`` — each written atomically."""
     checkpoint = {key: obj.state_dict() for key, obj in states.items()}
     checkpoint.update(progress, config=run_config, log=log)
+    if val_pairs is not None:
+        checkpoint["val_pairs"] = val_pairs
     save_checkpoint(checkpoint_path(out), checkpoint)
     write_csv(out / LOG, log)
+    if val_pairs is not None:
+        write_csv(out / VAL_PAIRS, val_pairs)
 
 
-def _mend_log(out: Path, log: list[dict]) -> None:
-    """A finished run's ``log.csv`` as its checkpoint holds it (rewritten only if it differs):
-    a run stopped (Ctrl-C) between the checkpoint and the log of its last epoch, or whose
-    log.csv was damaged, is mended by running it again."""
-    if not (out / LOG).is_file() or (out / LOG).read_bytes() != csv_bytes(log):
-        write_csv(out / LOG, log)
+def _mend_log(out: Path, log: list[dict], name: str = LOG) -> None:
+    """A finished run's ``log.csv`` (or ``name``) as its checkpoint holds it (rewritten only if
+    it differs): a run stopped (Ctrl-C) between the checkpoint and the log of its last epoch,
+    or whose log was damaged, is mended by running it again."""
+    if not (out / name).is_file() or (out / name).read_bytes() != csv_bytes(log):
+        write_csv(out / name, log)
 
 
 def _progress_bar(epochs: int, steps_per_epoch: int, start_epoch: int, show: bool, desc: str):
@@ -204,9 +214,10 @@ def train_segmentation(
         states["scheduler"] = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimiser, factor=config.lr_factor, patience=config.lr_patience
         )
-    log, start_epoch, finished = (
-        _resume(out, run_config, states, device) if resume else ([], 0, False)
+    done, start_epoch, finished = (
+        _resume(out, run_config, states, device) if resume else ({"log": []}, 0, False)
     )
+    log = done["log"]
     if finished:
         _mend_log(out, log)
         return log[-1]
@@ -324,20 +335,32 @@ def _no_improvement(log: list[dict], patience: int | None) -> bool:
 
 
 @torch.no_grad()
-def validate_registration(net, similarity, pairs: PairDataset, lam: float, device: str) -> dict:
-    """Validation loss parts, mean foreground Dice and folding fraction over the pairs.
+def validate_registration(
+    net, similarity, pairs: PairDataset, lam: float, device: str
+) -> tuple[dict, list[dict]]:
+    """Validation: the means over the pairs, and one row per pair.
 
-    One forward pass per pair (``evaluate.evaluate_pairs`` with the similarity and λ).
+    One forward pass per pair (``evaluate.evaluate_pairs`` with the similarity and λ). The
+    means are the loss parts, foreground Dice and folding fraction (``val_*``, a ``log.csv``
+    row); a pair's row holds its ``moving``/``fixed`` ids, ``dice``, ``dice_before`` and
+    ``folding_fraction`` (``val_pairs.csv``: the per-pair learning curves of claim 3).
     """
     rows = evaluate_pairs(net, pairs, device, similarity=similarity, lam=lam)
     mean = lambda key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
-    return {
+    summary = {
         "val_loss": mean("loss"),
         "val_similarity": mean("similarity"),
         "val_regulariser": mean("regulariser"),
         "val_dice": mean("dice"),
         "val_folding": mean("folding_fraction"),
     }
+    keep = ("moving", "fixed", "dice", "dice_before", "folding_fraction")
+    return summary, [{k: r[k] for k in keep} for r in rows]
+
+
+def _pair_rows(epoch: int, step: int, rows: list[dict]) -> list[dict]:
+    """Per-pair validation rows of one validation, prefixed with its epoch and step."""
+    return [{"epoch": epoch, "step": step, **r} for r in rows]
 
 
 def train_registration(
@@ -374,15 +397,21 @@ def train_registration(
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     states = {"model": net, "optimizer": optimiser, "scheduler": scheduler, "scaler": scaler}
-    log, start_epoch, finished = (
-        _resume(out, run_config, states, device) if resume else ([], 0, False)
+    done, start_epoch, finished = (
+        _resume(out, run_config, states, device) if resume else ({"log": []}, 0, False)
     )
+    log, pair_log = done["log"], done.get("val_pairs", [])
     if finished:
         _mend_log(out, log)
+        if pair_log:
+            _mend_log(out, pair_log, VAL_PAIRS)
         return log
     write_json(out / CONFIG, run_config)
 
     val_pairs = PairDataset(store, "val")
+    if start_epoch == 0:  # step 0: the untrained net, where every learning curve starts
+        pair_log = _pair_rows(0, 0, validate_registration(
+            net, similarity, val_pairs, config.lam, device)[1])  # fmt: skip
     n_train = len(training_pairs(info, "train", 0, config.seed))
     steps_per_epoch = config.steps_per_epoch or math.ceil(
         n_train / (config.batch_size * accumulation)
@@ -414,20 +443,22 @@ def train_registration(
             scaler.step(optimiser)
             scaler.update()
             bar.update()
+        validation, per_pair = validate_registration(net, similarity, val_pairs, config.lam, device)
         row = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * steps_per_epoch,
             **sums,
             "grad_norm_max": grad_norm_max,
-            **validate_registration(net, similarity, val_pairs, config.lam, device),
+            **validation,
             "lr": optimiser.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }
         log.append(row)
+        pair_log += _pair_rows(row["epoch"], row["step"], per_pair)
         scheduler.step(row["val_loss"])
         finished = _no_improvement(log, config.early_stopping)
         bar.set_postfix(val_dice=f"{row['val_dice']:.3f}", lr=f"{row['lr']:.0e}")
-        _end_epoch(out, log, run_config, states, epoch=epoch + 1,
+        _end_epoch(out, log, run_config, states, pair_log, epoch=epoch + 1,
                    finished=finished or epoch + 1 == config.epochs)  # fmt: skip
         if finished:
             break

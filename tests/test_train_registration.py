@@ -88,10 +88,31 @@ def test_killed_run_resumes_to_the_same_weights(moving_squares, tmp_path, monkey
     assert a["log"] == [dict(r, seconds=a["log"][i]["seconds"]) for i, r in enumerate(b["log"])]
 
 
+def test_per_pair_validation_log(moving_squares, tmp_path):
+    """val_pairs.csv: one row per validation pair at step 0 and after every epoch; its epoch
+    means are log.csv's val_dice, and at step 0 (displacement ~1e-5 voxel) the warped labels
+    are the moving labels, so Dice equals the unregistered Dice."""
+    from deepsim_edu.runs import load_log, load_val_pairs
+
+    config = tiny("mse", epochs=2)
+    train_registration(moving_squares, tmp_path, config, progress=False)
+    pairs, log = load_val_pairs(tmp_path), load_log(tmp_path)
+    n_pairs = len(PairDataset(moving_squares, "val"))
+    assert sorted(pairs["step"].unique()) == [0, 3, 6]
+    assert (pairs.groupby("step").size() == n_pairs).all()
+    start = pairs[pairs["step"] == 0]
+    assert start["dice"].to_numpy() == pytest.approx(start["dice_before"].to_numpy(), abs=1e-9)
+    means = pairs[pairs["step"] > 0].groupby("step")["dice"].mean()
+    assert means.to_numpy() == pytest.approx(log["val_dice"].to_numpy(), abs=1e-9)
+    (tmp_path / "val_pairs.csv").unlink()  # a finished run mends it from its checkpoint
+    train_registration(moving_squares, tmp_path, config, progress=False)
+    assert load_val_pairs(tmp_path).equals(pairs)
+
+
 def test_early_stopping_and_plateau(moving_squares, tmp_path, monkeypatch):
     def flat_validation(*args, **kwargs):
         return {"val_loss": 1.0, "val_similarity": 1.0, "val_regulariser": 0.0, "val_dice": 0.5,
-                "val_folding": 0.0}  # fmt: skip
+                "val_folding": 0.0}, []  # fmt: skip
 
     monkeypatch.setattr(train_module, "validate_registration", flat_validation)
     config = tiny(epochs=10, early_stopping=3, lr_patience=0, lr=1e-3)
@@ -131,6 +152,7 @@ def test_bad_input(moving_squares, tmp_path):
         "checkpoint.pt",
         "config.json",
         "log.csv",
+        "val_pairs.csv",
     ]
 
 
