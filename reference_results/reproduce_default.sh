@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The third reference run of the `default` preset (issue: reproduction, second run).
+# Every step is resumable: start this script again after an interruption and it continues
+# where it stopped (finished runs are skipped, an unfinished one resumes from its checkpoint).
+#
+#   RUNS=/path/to/runs DATA=/path/to/data bash reference_results/reproduce_default.sh
+#
+# Order: seed 0 of all three datasets (a complete single-seed reference first), the PhC-U373 λ
+# sweeps of DeepSim and NCC-sup (is λ tuned for both?), then seeds 1 and 2 of the 2D datasets,
+# then seeds 1 and 2 of Brain-MRI if there is time. Each seed has its own results root.
+set -euo pipefail
+RUNS=${RUNS:?set RUNS to the results folder}
+DATA=${DATA:?set DATA to the data folder}
+JOBS=${JOBS:-2}
+PY=${PY:-python}
+export OMP_NUM_THREADS=1
+mkdir -p "$RUNS"
+stamp() { echo "$(date -u +%FT%TZ) $*" | tee -a "$RUNS/progress.txt"; }
+for d in brain-mri platelet-em phc-u373; do
+  $PY -m deepsim_edu data --dataset "$d" --data "$DATA" >/dev/null
+done
+stamp "start commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+$PY -m deepsim_edu experiment --preset default --data "$DATA" --out "$RUNS/seed_0" --seed 0 \
+  --jobs "$JOBS"
+stamp "seed 0 done"
+for metric in deepsim ncc-sup; do
+  $PY -m deepsim_edu sweep-lambda --dataset phc-u373 --metric "$metric" --preset default \
+    --data "$DATA" --out "$RUNS/seed_0" --seed 0
+done
+stamp "phc-u373 λ sweeps done"
+for seed in 1 2; do
+  $PY -m deepsim_edu experiment --preset default --data "$DATA" --out "$RUNS/seed_$seed" \
+    --seed "$seed" --datasets platelet-em phc-u373 --jobs "$JOBS"
+  stamp "2D seed $seed done"
+done
+for seed in 1 2; do
+  $PY -m deepsim_edu experiment --preset default --data "$DATA" --out "$RUNS/seed_$seed" \
+    --seed "$seed" --datasets brain-mri --jobs "$JOBS"
+  stamp "brain-mri seed $seed done"
+done
+stamp "all done"
