@@ -331,7 +331,7 @@ def build_book(
 
     ``preset``/``device``/``data_dir``/``results_dir`` become every chapter's parameters
     (``results_dir=None``: ``results/<preset>``). ``run_experiment`` first runs the preset's
-    grid (finished runs are skipped). ``chapters``: toc entries (e.g. ``"book/05_deepsim"``)
+    grid (finished runs are skipped). ``chapters``: toc entries (e.g. ``"book/06_deepsim"``)
     to execute; the others become one-line stub pages so links still resolve (default: all).
     ``toc``/``config``: another ``_toc.yml`` (entries relative to its folder) or ``_config.yml``
     (default: the repository's). Relative paths are taken from the current directory.

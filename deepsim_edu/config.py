@@ -34,7 +34,7 @@ from .data.layout import DATASET_NAMES, check_dataset_name
 PRESETS = ("ci", "quick", "default", "paper")
 # ci: the test suite's book build, quick with registration runs a third as long and the
 # extractors validated less often (every chapter cell still runs; the extractors are quick's
-# nets, step for step: chapter 4 checks that they learned);
+# nets, step for step: chapter 5 checks that they learned);
 # quick: the book in CPU minutes; default: the claims on the embedded data (CPU
 # hours); paper: the public code's training (GPU, real data)
 CI_STEPS_FRACTION = 1 / 3
