@@ -7,6 +7,9 @@ root (``<root>/<dataset>/<metric>/checkpoint.pt``):
   images (intensities as stored, e.g. Platelet-EM in [0, 1]) and clip the result to [0, 1] as
   the paper's code does, register, and score Dice and folding — the same noise draw for every
   metric at a given σ and pair, so the metrics are compared on identical inputs (paired).
+* ``patch_strength_sweep``: ``noisy_region_smoothness`` on test sets regenerated with the noise
+  patches scaled from none to today's (``PATCH_STRENGTHS``, fixed before any result was seen):
+  the same anatomy, motion u* and patch masks at every strength, only the patches' σ changes.
 * ``noisy_region_smoothness``: where the embedded data carries noisy patches (``noise_masks/``,
   the union of the moving and the fixed image's masks), compare Φ inside and outside them:
   folding fraction (det ∇Φ < 0) and the mean gradient magnitude of the displacement,
@@ -42,6 +45,8 @@ from .runs import load_registration_net, trained_runs
 from .transform import jacobian_determinant, jacobian_matrix
 
 NOISE_SIGMAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
+PATCH_STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # × today's patch σ; chosen before any result
+PATCH_DATASETS = ("platelet-em", "phc-u373")  # the embedded generators with noise patches
 TRUTH_QUANTITIES = ("gradient_error", "endpoint_error", "true_gradient", "true_magnitude")
 
 
@@ -168,6 +173,43 @@ def noisy_region_smoothness(
                 row[f"{name}_outside"] = math.nan if values is None else values[~mask].mean().item()
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def patch_strength_sweep(
+    results_dir: str | Path, sweep_data: str | Path, dataset: str = "platelet-em",
+    strengths=PATCH_STRENGTHS, metrics=None, device: str = "cpu", seed: int = 0,
+) -> pd.DataFrame:  # fmt: skip
+    """``noisy_region_smoothness`` at every patch strength: one row per strength × metric × pair.
+
+    For each strength s the embedded ``dataset`` is generated (seed ``seed``) into
+    ``<sweep_data>/patch_strength_<s>/`` with its noise patches and streaks scaled by s
+    (``data.series.add_noise``); s = 1 is the default data, bit for bit. Anatomy, motion (u*)
+    and the patch masks do not depend on s, so every strength scores the same pixels against
+    the same truth. The nets are those of ``results_dir`` (trained on the default data). Columns:
+    ``patch_strength`` and those of ``noisy_region_smoothness``.
+    """
+    from .data.embedded import ensure_embedded
+
+    if dataset not in PATCH_DATASETS:
+        raise ValueError(f"{dataset!r} has no noise patches; patch sweeps: {PATCH_DATASETS}")
+    tables = []
+    for strength in strengths:
+        strength = float(strength)
+        params = {} if strength == 1.0 else {"patch_strength": strength}
+        folder = Path(sweep_data) / f"patch_strength_{strength:g}"
+        root = ensure_embedded(dataset, folder, seed=seed, **params)
+        table = noisy_region_smoothness(results_dir, root, dataset, metrics, device)
+        tables.append(table.assign(patch_strength=strength))
+    return pd.concat(tables, ignore_index=True)
+
+
+def summarize_patch_sweep(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Means over the test pairs per dataset × patch strength × metric of folding, |∇u| and the
+    endpoint error inside and outside the patches (columns as in ``noisy_region_smoothness``)."""
+    columns = [f"{q}_{where}" for q in ("folding", "gradient", "endpoint_error")
+               for where in ("inside", "outside")]  # fmt: skip
+    keys = ["dataset", "patch_strength", "metric"]
+    return sweep.groupby(keys)[columns].mean().reset_index()
 
 
 def summarize_noise_sweep(sweep: pd.DataFrame) -> pd.DataFrame:

@@ -237,3 +237,21 @@ def test_failure_midway_leaves_nothing_behind(tmp_path, monkeypatch, name):
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
     assert (old / "dataset.json").read_text() == old_info
     load_info(old)
+
+
+def test_patch_strength_scales_only_the_patches():
+    """patch_strength 1 is today's output bit for bit; 0 is the output without patches, with the
+    same mask; 0.5 lies between (the same draws, half the patch noise)."""
+    image = np.full((64, 64), 0.5, dtype=np.float32)
+    today, mask = series.add_noise(image, 1.0, np.random.default_rng(3))
+    one, mask_one = series.add_noise(image, 1.0, np.random.default_rng(3), patch_strength=1.0)
+    none, mask_none = series.add_noise(image, 1.0, np.random.default_rng(3), patch_strength=0.0)
+    without, _ = series.add_noise(image, 1.0, np.random.default_rng(3), patches=False)
+    half, _ = series.add_noise(image, 1.0, np.random.default_rng(3), patch_strength=0.5)
+    assert np.array_equal(one, today) and np.array_equal(mask_one, mask)
+    assert np.array_equal(none, without) and np.array_equal(mask_none, mask) and mask.any()
+    inside = mask == 1
+    spread = [x[inside].std() for x in (none, half, today)]
+    assert spread[0] < spread[1] < spread[2]
+    with pytest.raises(ValueError, match="noise"):
+        series.add_noise(image, 1.0, np.random.default_rng(3), patch_strength=-1.0)

@@ -219,3 +219,39 @@ def test_noisy_pairs_are_clipped_to_the_unit_interval(data):
             assert at_bounds == pytest.approx(expected, abs=0.05)  # 1024 pixels: sd ≈ 0.015
             inside = (noisy[key] > 0) & (noisy[key] < 1)
             assert not torch.equal(noisy[key][inside], clean[key][inside])  # still noisy
+
+
+def test_patch_strength_sweep_regenerates_the_test_set(tmp_path, monkeypatch):
+    """At every strength the same pairs, masks and u* are scored; an identity net's endpoint
+    error is |u*| whatever the strength, and strength 1 is the default embedded data."""
+    import deepsim_edu.data.embedded as embedded
+    from deepsim_edu.data import platelet
+    from deepsim_edu.robustness import patch_strength_sweep, summarize_patch_sweep
+
+    original = platelet.make_platelet_em
+
+    def small_platelet(out, seed=0, **params):  # the generator at a test's size
+        return original(out, seed=seed, **{"size": 64, "n_train": 2, "n_valtest": 4, **params})
+
+    monkeypatch.setattr(embedded, "generator", lambda name: small_platelet)
+    constant_displacement_run(tmp_path / "runs" / "platelet-em" / "deepsim", [0.0, 0.0])
+    sweep = patch_strength_sweep(tmp_path / "runs", tmp_path / "sweep", "platelet-em",
+                                 strengths=(0.0, 1.0))  # fmt: skip
+    by_strength = {s: t.reset_index(drop=True) for s, t in sweep.groupby("patch_strength")}
+    assert set(by_strength) == {0.0, 1.0}
+    a, b = by_strength[0.0], by_strength[1.0]
+    assert list(a["moving"]) == list(b["moving"]) and len(a) > 0
+    for column in ("noisy_fraction", "endpoint_error_inside", "true_magnitude_inside"):
+        assert np.allclose(a[column], b[column]), column  # same masks, same u*, u = 0
+    assert np.allclose(a["endpoint_error_inside"], a["true_magnitude_inside"])
+    default = small_platelet(tmp_path / "default")
+    swept = tmp_path / "sweep" / "patch_strength_1" / "platelet-em"
+    images = sorted((default / "images").iterdir())
+    assert images and all((swept / "images" / f.name).read_bytes() == f.read_bytes()
+                          for f in images)  # fmt: skip
+    weaker = tmp_path / "sweep" / "patch_strength_0" / "platelet-em" / "images"
+    assert any((weaker / f.name).read_bytes() != f.read_bytes() for f in images)
+    summary = summarize_patch_sweep(sweep)
+    assert len(summary) == 2 and "endpoint_error_inside" in summary
+    with pytest.raises(ValueError, match="no noise patches"):
+        patch_strength_sweep(tmp_path / "runs", tmp_path / "sweep", "brain-mri")

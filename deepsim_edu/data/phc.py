@@ -277,6 +277,7 @@ def simulate_sequence(
     noise: float,
     rng: np.random.Generator,
     displacements: bool = True,
+    patch_strength: float = 1.0,
 ) -> list[Section]:
     """A time-lapse: move the cells, render each frame, add noise; u between neighbours.
 
@@ -297,7 +298,8 @@ def simulate_sequence(
                 frames[-1].displacement = quantise_displacement(u)
             cells = moved
         image, label = render_frame(cells, size, microscope)
-        image, mask = add_noise(image, noise, rng, patches=bool(patchy[t]))
+        image, mask = add_noise(image, noise, rng, patches=bool(patchy[t]),
+                                patch_strength=patch_strength)
         frames.append(Section(quantise(image), label, mask))
     return frames
 
@@ -314,6 +316,7 @@ def make_phc_u373(
     size: tuple[int, int] = (192, 256),
     n_train: int = 58,
     n_valtest: int = 58,
+    patch_strength: float = 1.0,
 ) -> Path:
     """Generate the embedded PhC-U373 dataset into ``out`` and return its path.
 
@@ -325,6 +328,8 @@ def make_phc_u373(
         n_train: frames of the training sequence (paper: 115).
         n_valtest: frames of the val/test sequence (paper: 115); val and test each get at
             least 2 frames, so it must be at least 6.
+        patch_strength: scales the strong noise patches and streaks alone
+            (``series.add_noise``); 1 the default, 0 none (masks kept): claim 4's sweep.
     """
     check_noise(noise)
     size = tuple(int(n) for n in np.atleast_1d(size))
@@ -340,12 +345,13 @@ def make_phc_u373(
         out,
         "phc-u373",
         CLASSES,
-        train=simulate_sequence(n_train, size, noise, train_rng, displacements=False),
-        valtest=simulate_sequence(n_valtest, size, noise, valtest_rng),
+        train=simulate_sequence(n_train, size, noise, train_rng, False, patch_strength),
+        valtest=simulate_sequence(n_valtest, size, noise, valtest_rng, True, patch_strength),
         val=val,
         test=test,
         source=(
             f"embedded: deepsim_edu.data.phc.make_phc_u373(seed={seed}, noise={noise}, "
-            f"size={size}, n_train={n_train}, n_valtest={n_valtest})"
+            f"size={size}, n_train={n_train}, n_valtest={n_valtest}"
+            + (f", patch_strength={patch_strength})" if patch_strength != 1.0 else ")")
         ),
     )

@@ -299,7 +299,8 @@ def next_distortion(
 
 
 def simulate_stack(
-    n_sections: int, size: int, noise: float, rng: np.random.Generator
+    n_sections: int, size: int, noise: float, rng: np.random.Generator,
+    patch_strength: float = 1.0,
 ) -> list[Section]:
     """A serial-section stack: cut the scene, distort each section, add the microscope's noise."""
     scale = size / 256
@@ -318,7 +319,8 @@ def simulate_stack(
         cut = cut_section(cells, z, tex)
         image = warp_array(render_section(cut, tex), d)[crop]
         label = warp_array(cut["label"], d, mode="nearest")[crop]
-        image, mask = add_noise(image, noise, rng, patches=bool(patchy[z]))
+        image, mask = add_noise(image, noise, rng, patches=bool(patchy[z]),
+                                patch_strength=patch_strength)
         sections.append(Section(quantise(image), label, mask))
     return sections
 
@@ -330,6 +332,7 @@ def make_platelet_em(
     size: int = 256,
     n_train: int = 50,
     n_valtest: int = 24,
+    patch_strength: float = 1.0,
 ) -> Path:
     """Generate the embedded Platelet-EM dataset into ``out`` and return its path.
 
@@ -341,6 +344,8 @@ def make_platelet_em(
         n_train: sections of the training stack (paper: 50).
         n_valtest: sections of the val/test stack (paper: 24): the first half is ``val``,
             the second ``test`` (each at least 2).
+        patch_strength: scales the strong noise patches and streaks alone (``add_noise``);
+            1 the default, 0 none (the masks still say where they would be): claim 4's sweep.
     """
     check_noise(noise)
     if not isinstance(size, int | np.integer) or size < 64:
@@ -355,12 +360,13 @@ def make_platelet_em(
         out,
         "platelet-em",
         CLASSES,
-        train=simulate_stack(n_train, size, noise, train_rng),
-        valtest=simulate_stack(n_valtest, size, noise, valtest_rng),
+        train=simulate_stack(n_train, size, noise, train_rng, patch_strength),
+        valtest=simulate_stack(n_valtest, size, noise, valtest_rng, patch_strength),
         val=range(n_val),
         test=range(n_val, n_valtest),
         source=(
             f"embedded: deepsim_edu.data.platelet.make_platelet_em(seed={seed}, "
-            f"noise={noise}, size={size}, n_train={n_train}, n_valtest={n_valtest})"
+            f"noise={noise}, size={size}, n_train={n_train}, n_valtest={n_valtest}"
+            + (f", patch_strength={patch_strength})" if patch_strength != 1.0 else ")")
         ),
     )
