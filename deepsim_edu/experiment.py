@@ -28,6 +28,7 @@ from .config import (
 )
 from .data.embedded import resolve_dataset
 from .data.layout import check_dataset
+from .distributed import current
 from .evaluate import evaluate_run
 from .runs import (
     checkpoint_path,
@@ -74,8 +75,10 @@ def run_one(
     if metric == "deepsim":
         extractor = feature_extractor(dataset, preset, data_root, root, device, seed)
     train_registration(data_root, run, config, device=device, extractor=extractor, vgg=vgg)
-    if test and not results_file(run).exists():
-        evaluate_run(run, data_root, "test", device)
+    processes = current()  # under torchrun: rank 0 tests, the others wait
+    if test and processes.main and not results_file(run).exists():
+        evaluate_run(run, data_root, "test", processes.device(device))
+    processes.barrier()
     return run
 
 
@@ -115,6 +118,9 @@ def run_experiment(
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
+    if jobs > 1 and current().distributed:
+        raise ValueError("--jobs > 1 cannot be combined with torchrun: under torchrun every "
+                         "run already uses all processes; leave --jobs at 1")  # fmt: skip
     root = results_root(preset, out)
     data_roots = {d: resolve_dataset(d, None if data is None else Path(data)) for d in datasets}
     for data_root in data_roots.values():  # every dataset in full, before any training
@@ -126,7 +132,8 @@ def run_experiment(
     folders = _side_by_side([(run_one, d, m, preset, data, out, device, None, None, vgg, seed)
                              for d, m in grid], jobs)  # fmt: skip
     for (dataset, metric), run in zip(grid, folders):
-        print(f"{dataset:<12} {metric:<8} {run}")
+        if current().main:
+            print(f"{dataset:<12} {metric:<8} {run}")
     return root
 
 

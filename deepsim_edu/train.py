@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from .augment import AUGMENTATIONS, add_noise, augment_batch, random_crop
 from .config import RegistrationConfig, SegmentationConfig
 from .data.pairs import CaseStore, PairDataset, training_pairs
+from .distributed import Processes, StepShare, current, no_sync, share_step
 from .evaluate import dice_per_class, evaluate_pairs, mean_dice
 from .features import load_segmentation_extractor, load_vgg16
 from .losses import DeepSimLoss, VGGLoss, get_loss
@@ -67,12 +68,15 @@ def check_device(device: str) -> str:
 # ----------------------------------------------------------------------------- both loops
 
 
-def _open_run(data: str | Path, config, kind: str, device: str) -> tuple[CaseStore, dict]:
+def _open_run(
+    data: str | Path, config, kind: str, device: str, processes: Processes | None = None
+) -> tuple[CaseStore, dict]:
     """The dataset of a run (checked against ``config.dataset``) and the run's config dict.
 
     The whole dataset is checked here, before the first step and before anything is written
     (``CaseStore.check``: one DatasetError naming every file at fault); the training and
-    validation cases it read stay in memory.
+    validation cases it read stay in memory. Under torchrun the config dict also records how a
+    step is shared among the processes (``distributed.share_step``).
     """
     store = CaseStore(data)
     info = store.info
@@ -80,7 +84,11 @@ def _open_run(data: str | Path, config, kind: str, device: str) -> tuple[CaseSto
         raise ValueError(f"config is for dataset {config.dataset!r} but {data} holds {info.name!r}")
     check_device(device)
     store.check(keep=("train", "val"))
-    return store, {**config.to_dict(), "kind": kind, "ndim": info.ndim, "classes": info.classes}
+    run_config = {**config.to_dict(), "kind": kind, "ndim": info.ndim, "classes": info.classes}
+    if processes is not None and processes.distributed:
+        run_config["distributed"] = share_step(config.batch_size, config.accumulation,
+                                               processes).record  # fmt: skip
+    return store, run_config
 
 
 def _check_resumable(checkpoint: dict, config: dict, out: Path) -> None:
@@ -201,9 +209,12 @@ def train_segmentation(
     steps (the paper's brain extractor). Returns the last log row. With ``resume=True`` an existing
     checkpoint of the same config is continued (a finished run returns at once).
     """
-    out = Path(out)
-    store, run_config = _open_run(data, config, "segmentation", device)
+    out, processes = Path(out), current()
+    device = processes.device(device)
+    processes.start(device)
+    store, run_config = _open_run(data, config, "segmentation", device, processes)
     info, accumulation = store.info, config.accumulation
+    share = share_step(config.batch_size, accumulation, processes)
     torch.manual_seed(config.seed)
     model = segmentation_unet(
         info.ndim, info.num_classes, config.encoder_channels, dropout=config.dropout
@@ -219,9 +230,12 @@ def train_segmentation(
     )
     log = done["log"]
     if finished:
-        _mend_log(out, log)
+        if processes.main:
+            _mend_log(out, log)
         return log[-1]
-    write_json(out / CONFIG, run_config)
+    if processes.main:
+        write_json(out / CONFIG, run_config)
+    forward = processes.wrap(model)  # DistributedDataParallel under torchrun
 
     cases = info.splits["train"]
     steps_per_epoch = config.steps_per_epoch or math.ceil(
@@ -230,7 +244,7 @@ def train_segmentation(
     epochs = config.epochs
     if config.max_steps is not None:  # the paper's brain extractor: a step budget
         epochs = min(epochs, math.ceil(config.max_steps / steps_per_epoch))
-    bar = _progress_bar(epochs, steps_per_epoch, start_epoch, progress,
+    bar = _progress_bar(epochs, steps_per_epoch, start_epoch, progress and processes.main,
                         f"segmentation {info.name}")  # fmt: skip
     for epoch in range(start_epoch, epochs):
         model.train()
@@ -239,18 +253,19 @@ def train_segmentation(
             if config.max_steps is not None and step >= config.max_steps:
                 break
             optimiser.zero_grad(set_to_none=True)
-            for micro in range(accumulation):
+            for i, micro in enumerate(share.micro_batches):  # this process's share of the step
                 generator = _seeded(config.seed, step * accumulation + micro)
-                images, labels = _segmentation_batch(store, cases, config, generator)
-                loss = F.cross_entropy(model(images.to(device)), labels[:, 0].to(device))
-                (loss / accumulation).backward()  # the mean gradient of the micro-batches
+                images, labels = share.keep(_segmentation_batch(store, cases, config, generator))
+                with no_sync(forward, last=i == len(share.micro_batches) - 1):
+                    loss = F.cross_entropy(forward(images.to(device)), labels[:, 0].to(device))
+                    (loss / share.divisor).backward()  # the mean gradient of the micro-batches
                 losses.append(loss.item())
             optimiser.step()
             bar.update()
         row = {
             "epoch": epoch + 1,
             "step": min((epoch + 1) * steps_per_epoch, config.max_steps or math.inf),
-            "train_loss": sum(losses) / len(losses),
+            **processes.mean({"train_loss": sum(losses) / len(losses)}),
             **evaluate_segmentation(model, store, "val", device),
             "seconds": time.perf_counter() - started,
         }
@@ -259,8 +274,10 @@ def train_segmentation(
             states["scheduler"].step(row["val_loss"])
         finished = _no_improvement(log, config.early_stopping)
         bar.set_postfix(val_dice=f"{row['val_dice']:.3f}")
-        _end_epoch(out, log, run_config, states, epoch=epoch + 1,
-                   finished=finished or epoch + 1 == epochs)  # fmt: skip
+        if processes.main:
+            _end_epoch(out, log, run_config, states, epoch=epoch + 1,
+                       finished=finished or epoch + 1 == epochs)  # fmt: skip
+        processes.barrier()
         if finished:
             break
     bar.close()
@@ -328,6 +345,33 @@ def _registration_batch(
     return random_crop([moving, fixed, ml, fl], config.crop, generator)
 
 
+def registration_gradients(
+    forward, store: CaseStore, pairs: list[tuple[str, str]], config: RegistrationConfig,
+    step: int, share: StepShare, similarity, device: str, scaler=None, amp: bool = False,
+):  # fmt: skip
+    """Accumulate the gradients of optimiser step ``step`` into ``forward``'s parameters.
+
+    This process's micro-batches of the step (``share``; one process: all ``accumulation`` of
+    them), each drawn by its seeded generator, Eq. 1 (``registration_loss``) divided by
+    ``share.divisor`` and backpropagated (through ``scaler`` when given); under DDP the
+    gradients are averaged over the processes at the last micro-batch. Yields each
+    micro-batch's ``LossParts``.
+    """
+    for i, micro in enumerate(share.micro_batches):
+        generator = _seeded(config.seed, step * config.accumulation + micro)
+        moving, fixed, ml, fl = _to(
+            device, *share.keep(_registration_batch(store, pairs, config, generator))
+        )
+        with no_sync(forward, last=i == len(share.micro_batches) - 1):
+            parts = registration_loss(
+                forward, moving, fixed, similarity=similarity, lam=config.lam, moving_labels=ml,
+                fixed_labels=fl, num_classes=store.info.num_classes, amp=amp,
+            )  # fmt: skip
+            loss = parts.loss / share.divisor
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        yield parts
+
+
 def _no_improvement(log: list[dict], patience: int | None) -> bool:
     """Early stopping: ``patience`` epochs have passed since the lowest validation loss."""
     best = min(range(len(log)), key=lambda i: log[i]["val_loss"])
@@ -381,9 +425,12 @@ def train_registration(
     plateau LR schedule, early stopping, ``log.csv`` and an atomic ``checkpoint.pt``. On CUDA:
     mixed precision (fp16 autocast + gradient scaling), cudnn benchmark, pinned memory.
     """
-    out = Path(out)
-    store, run_config = _open_run(data, config, "registration", device)
+    out, processes = Path(out), current()
+    device = processes.device(device)
+    processes.start(device)
+    store, run_config = _open_run(data, config, "registration", device, processes)
     info, accumulation = store.info, config.accumulation
+    share = share_step(config.batch_size, accumulation, processes)
     similarity = build_similarity(config, info.ndim, extractor, vgg, device)
     use_amp = config.amp and device.startswith("cuda")
     if device.startswith("cuda"):
@@ -402,11 +449,14 @@ def train_registration(
     )
     log, pair_log = done["log"], done.get("val_pairs", [])
     if finished:
-        _mend_log(out, log)
-        if pair_log:
-            _mend_log(out, pair_log, VAL_PAIRS)
+        if processes.main:
+            _mend_log(out, log)
+            if pair_log:
+                _mend_log(out, pair_log, VAL_PAIRS)
         return log
-    write_json(out / CONFIG, run_config)
+    if processes.main:
+        write_json(out / CONFIG, run_config)
+    forward = processes.wrap(net)  # DistributedDataParallel under torchrun
 
     val_pairs = PairDataset(store, "val")
     if start_epoch == 0:  # step 0: the untrained net, where every learning curve starts
@@ -416,7 +466,7 @@ def train_registration(
     steps_per_epoch = config.steps_per_epoch or math.ceil(
         n_train / (config.batch_size * accumulation)
     )
-    bar = _progress_bar(config.epochs, steps_per_epoch, start_epoch, progress,
+    bar = _progress_bar(config.epochs, steps_per_epoch, start_epoch, progress and processes.main,
                         f"{info.name} {config.metric}")  # fmt: skip
     for epoch in range(start_epoch, config.epochs):
         net.train()
@@ -425,18 +475,10 @@ def train_registration(
         grad_norm_max = 0.0  # the largest ‖∂L/∂θ‖₂ of the epoch: a divergence shows here
         for step in range(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch):
             optimiser.zero_grad(set_to_none=True)
-            for micro in range(accumulation):
-                generator = _seeded(config.seed, step * accumulation + micro)
-                moving, fixed, ml, fl = _to(
-                    device, *_registration_batch(store, pairs, config, generator)
-                )
-                parts = registration_loss(
-                    net, moving, fixed, similarity=similarity, lam=config.lam, moving_labels=ml,
-                    fixed_labels=fl, num_classes=info.num_classes, amp=use_amp,
-                )  # fmt: skip
-                scaler.scale(parts.loss / accumulation).backward()
+            for parts in registration_gradients(forward, store, pairs, config, step, share,
+                                                similarity, device, scaler, use_amp):  # fmt: skip
                 for key in sums:  # loss, similarity, regulariser: epoch means
-                    sums[key] += getattr(parts, key).item() / (steps_per_epoch * accumulation)
+                    sums[key] += getattr(parts, key).item() / (steps_per_epoch * share.divisor)
             scaler.unscale_(optimiser)  # the true gradient (undo the fp16 loss scaling)
             grads = [p.grad for p in net.parameters() if p.grad is not None]
             grad_norm_max = max(grad_norm_max, torch.nn.utils.get_total_norm(grads).item())
@@ -447,7 +489,7 @@ def train_registration(
         row = {
             "epoch": epoch + 1,
             "step": (epoch + 1) * steps_per_epoch,
-            **sums,
+            **processes.mean(sums),
             "grad_norm_max": grad_norm_max,
             **validation,
             "lr": optimiser.param_groups[0]["lr"],
@@ -458,8 +500,10 @@ def train_registration(
         scheduler.step(row["val_loss"])
         finished = _no_improvement(log, config.early_stopping)
         bar.set_postfix(val_dice=f"{row['val_dice']:.3f}", lr=f"{row['lr']:.0e}")
-        _end_epoch(out, log, run_config, states, pair_log, epoch=epoch + 1,
-                   finished=finished or epoch + 1 == config.epochs)  # fmt: skip
+        if processes.main:
+            _end_epoch(out, log, run_config, states, pair_log, epoch=epoch + 1,
+                       finished=finished or epoch + 1 == config.epochs)  # fmt: skip
+        processes.barrier()
         if finished:
             break
     bar.close()
