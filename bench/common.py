@@ -24,13 +24,15 @@ def sync(device: str) -> None:
 
 
 def measure(step: Callable[[], None], device: str, repeats: int) -> dict:
-    """Median seconds of ``step`` over ``repeats`` runs after one warm-up, and peak MiB."""
+    """Median seconds of ``step`` over ``repeats`` runs after one warm-up, and peak MiB
+    (``repeats=0``: the warm-up alone is measured, for a memory-only case)."""
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
     step()  # warm-up (allocations, cudnn autotuning)
     sync(device)
-    times = []
+    times = [] if repeats else [time.perf_counter() - start]
     for _ in range(repeats):
         start = time.perf_counter()
         step()
@@ -56,13 +58,18 @@ SHAPES = {"2D": (16, 1, 128, 128), "3D": (1, 1, 80, 96, 112)}
 CHANNELS = {"2D": (64, 128, 256), "3D": (32, 64, 128)}
 
 
-def registration_step(metric: str, shape: tuple[int, ...], channels: tuple[int, ...], device: str):
+def registration_step(
+    metric: str, shape: tuple[int, ...], channels: tuple[int, ...], device: str,
+    amp: bool = False, checkpointing: bool = False, num_classes: int = 3,
+):  # fmt: skip
     """One training step (Eq. 1, ``registration.registration_loss`` with λ = 1: forward, warp,
     D + λR; backward, Adam) with random data and weights, in float32.
 
     DeepSim's extractor is a segmentation U-Net with the registration net's channels and VGG
     has random weights: timing does not depend on the values of the weights. NCC-sup gets random
-    3-class label maps (one-hot encoded inside the step, as in training).
+    ``num_classes``-class label maps (one-hot encoded inside the step, as in training).
+    ``amp``: the U-Net under float16 autocast (CUDA only, as in training); ``checkpointing``:
+    the registration U-Net's activation checkpointing.
     """
     from deepsim_edu.features import VGG16Features
     from deepsim_edu.losses import DeepSimLoss, VGGLoss, get_loss
@@ -72,8 +79,10 @@ def registration_step(metric: str, shape: tuple[int, ...], channels: tuple[int, 
     torch.manual_seed(0)
     ndim = len(shape) - 2
     moving, fixed = torch.rand(shape, device=device), torch.rand(shape, device=device)
-    moving_labels, fixed_labels = (torch.randint(0, 3, shape, device=device) for _ in range(2))
-    net = registration_unet(ndim, channels).to(device)
+    moving_labels, fixed_labels = (
+        torch.randint(0, num_classes, shape, device=device) for _ in range(2)
+    )
+    net = registration_unet(ndim, channels, checkpointing=checkpointing).to(device)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-4)
     if metric == "deepsim":
         similarity = DeepSimLoss(segmentation_unet(ndim, 3, channels).to(device))
@@ -86,7 +95,7 @@ def registration_step(metric: str, shape: tuple[int, ...], channels: tuple[int, 
         optimiser.zero_grad(set_to_none=True)
         parts = registration_loss(
             net, moving, fixed, similarity=similarity, lam=1.0, moving_labels=moving_labels,
-            fixed_labels=fixed_labels, num_classes=3,
+            fixed_labels=fixed_labels, num_classes=num_classes, amp=amp,
         )  # fmt: skip
         parts.loss.backward()
         optimiser.step()

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 def _layers(ndim: int) -> tuple[type[nn.Module], type[nn.Module], type[nn.Module]]:
@@ -98,6 +99,11 @@ class UNet(nn.Module):
             so a registration net starts at u ≈ 0, i.e. Φ ≈ id.
         output_kernel_size: kernel size of the last convolution, 3 (registration) or 1
             (segmentation), odd so that the spatial size is kept.
+        checkpointing: activation checkpointing in training: each encoder and decoder stage
+            and the head keep only their input and recompute their activations in the backward
+            pass (less memory, about one more forward pass of compute; the same gradients).
+            BatchNorm's running statistics are then updated twice per step (the recomputation
+            runs it again), which only matters for the eval-mode statistics.
     """
 
     def __init__(
@@ -111,8 +117,10 @@ class UNet(nn.Module):
         batchnorm: bool = True,
         zero_init_output: bool = False,
         output_kernel_size: int = 3,
+        checkpointing: bool = False,
     ):
         super().__init__()
+        self.checkpointing = checkpointing
         Conv, _, _ = _layers(ndim)
         if output_kernel_size < 1 or output_kernel_size % 2 == 0:
             raise ValueError(f"output_kernel_size must be odd and >= 1, got {output_kernel_size}")
@@ -180,9 +188,15 @@ class UNet(nn.Module):
         self.check_input(x)
         features = []
         for stage in self.encoder:
-            x = stage(x)
+            x = self._run(stage, x)
             features.append(x)
         return features
+
+    def _run(self, stage: nn.Module, x: Tensor) -> Tensor:
+        """``stage(x)``, with activation checkpointing when enabled and gradients are needed."""
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, *spatial)`` → ``(B, out_channels, *spatial)``."""
@@ -191,10 +205,10 @@ class UNet(nn.Module):
         mode = "bilinear" if self.ndim == 2 else "trilinear"
         y = features[-1]
         for stage in self.decoder:
-            y = stage(y)
+            y = self._run(stage, y)
             y = F.interpolate(y, scale_factor=2, mode=mode, align_corners=False)
             y = torch.cat([y, skips.pop()], dim=1)  # (B, c_dec + c_skip, *finer spatial)
-        return self.head(y)
+        return self._run(self.head, y)
 
 
 def registration_unet(ndim: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw) -> UNet:

@@ -80,3 +80,27 @@ def test_head_last_convolution_kernel_sizes(ndim):
     assert diff[(2,) * ndim] > 0 and diff.sum() == diff[(2,) * ndim]
     with pytest.raises(ValueError, match="output_kernel_size"):
         UNet(2, 1, 1, encoder_channels=(4,), output_kernel_size=2)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """Checkpointing recomputes activations in backward: same output and gradients, no
+    dropout randomness (dropout 0), BatchNorm in train mode (its statistics are recomputed from
+    the same input, so the same)."""
+    import torch
+
+    from deepsim_edu.unet import registration_unet
+
+    torch.manual_seed(0)
+    plain = registration_unet(2, (4, 8, 8), dropout=0.0)
+    ckpt = registration_unet(2, (4, 8, 8), dropout=0.0, checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 2, 16, 16)
+    outputs = []
+    for net in (plain, ckpt):
+        net.train()
+        y = net(x)
+        (y**2).sum().backward()
+        outputs.append((y.detach(), [p.grad.clone() for p in net.parameters()]))
+    assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-6)
+    for a, b in zip(outputs[0][1], outputs[1][1]):
+        assert torch.allclose(a, b, atol=1e-6)
