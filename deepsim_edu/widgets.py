@@ -1,14 +1,21 @@
 """Interactive front-ends for the book (ipywidgets): thin wrappers over the library.
 
 Each function returns an ``Explorer``: a ``VBox`` of plain controls (sliders, drop-downs,
-toggle buttons) above one ``ipywidgets.Image`` and an HTML caption. Every change of a control's
-``value`` redraws the figure with matplotlib and stores it in the Image as PNG bytes.
+toggle buttons) above an ``ipywidgets.Stack`` of pictures, one per position of the explorer's
+*main control*, each an ``ipywidgets.Image`` (a matplotlib figure as WebP bytes) with an HTML
+caption of its numbers.
 
-Why PNG bytes in an Image and not ``plt.show()`` in an ``Output`` widget: the picture then is
-part of the *widget state*, which papermill saves in the executed notebook, so the static HTML of
-the book shows each widget's first picture without a kernel. (Without a kernel the controls move
-but nothing redraws; in Jupyter everything responds.) Figures are at most 600 px wide at 80 dpi
-to keep the saved state small.
+Why a stack of pictures: the book's HTML has no kernel. It renders the widgets from the
+*widget state* that papermill saves in the executed notebook, and in that state a Python
+callback is gone but a ``jsdlink`` (a link run by the browser) is not. So the explorer draws
+the pictures of its main control's positions when the chapter runs (at the other controls'
+first values) and links the control's position to the stack's ``selected_index``: in the static
+page, moving the main control switches between the stored pictures. In Jupyter, every control
+still recomputes: a change of any control draws the picture of the new setting into the shown
+slot (positions not drawn for the current setting show a short note until they are drawn).
+Figures are at most 600 px wide at 80 dpi and lossy WebP (``figure_webp``), and an explorer
+stores at most ``MAX_FRAMES`` pictures of a long control (evenly spread), so that one explorer
+adds 0.1–0.6 MB to its page.
 
 * ``warp_explorer``   Φ = id + u for a smooth random u: I∘Φ, its grid, det ∇Φ (``transform``)
 * ``metric_explorer`` MSE, NCC, VGG, DeepSim of a shifted, contrast-changed, noisy image, and
@@ -34,6 +41,7 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import torch
+from ipywidgets.widgets.widget_string import HTMLStyle
 from matplotlib.colors import ListedColormap, TwoSlopeNorm
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -54,6 +62,8 @@ from .viz import draw_grid, show_image
 DPI = 80
 WIDTH_INCHES = 7.5  # 600 px at 80 dpi
 SLIDER = {"continuous_update": False, "style": {"description_width": "initial"}}
+QUALITY = 70  # WebP quality of the stored pictures: 20–30 kB a picture
+MAX_FRAMES = 12  # stored pictures of a main control with more positions than this (evenly spread)
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
@@ -70,6 +80,22 @@ def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
     picture = Image.open(buffer).convert("RGB").quantize(256, dither=Image.Dither.NONE)
     out = io.BytesIO()
     picture.save(out, format="png", optimize=True)
+    return out.getvalue()
+
+
+def figure_webp(fig: Figure, dpi: int = DPI, quality: int = QUALITY) -> bytes:
+    """The figure as lossy WebP (``quality`` 0–100): equal figures give equal bytes.
+
+    About half the bytes of ``figure_png`` at the same size and still crisp text and lines, so
+    that an explorer can store a picture for each position of its main control.
+    """
+    from PIL import Image  # a dependency of matplotlib
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    buffer.seek(0)
+    out = io.BytesIO()
+    Image.open(buffer).convert("RGB").save(out, format="webp", quality=quality, method=6)
     return out.getvalue()
 
 
@@ -102,36 +128,119 @@ def _html_table(summary: dict) -> str:
     return f"<table><tr>{head}</tr><tr>{row}</tr></table>"
 
 
+def _position_trait(control: widgets.Widget) -> str:
+    """The synced trait that is the control's position 0, 1, …: the browser links it."""
+    if hasattr(control, "index") and hasattr(control, "options"):  # sliders/menus of options
+        return "index"
+    if isinstance(control, widgets.IntSlider) and control.min == 0:
+        return "value"
+    raise ValueError(f"a main control must be a selection widget or an IntSlider from 0, got "
+                     f"{type(control).__name__}")  # fmt: skip
+
+
+def _positions(control: widgets.Widget) -> int:
+    """How many positions the control has."""
+    return len(control.options) if _position_trait(control) == "index" else control.max + 1
+
+
+def _value_at(control: widgets.Widget, position: int):
+    """The control's value at ``position`` and its label (what its readout shows)."""
+    if _position_trait(control) == "index":
+        return control._options_values[position], control._options_labels[position]
+    return position, str(position)
+
+
+def _spread(count: int, most: int, keep: int) -> list[int]:
+    """All of ``range(count)`` if it has at most ``most`` items, else ``most`` evenly spread
+    positions (the first and the last among them) and ``keep``."""
+    if count <= most:
+        return list(range(count))
+    return sorted({*np.linspace(0, count - 1, max(most, 2)).round().astype(int).tolist(), keep})
+
+
+class Frame(widgets.VBox):
+    """One stored picture: ``image`` (WebP bytes) above ``caption`` (HTML).
+
+    ``layout``/``style``: shared by the frames of an explorer (each ``Layout`` model weighs
+    about 1 kB in the saved state, several per frame otherwise).
+    """
+
+    def __init__(self, layout: widgets.Layout | None = None,
+                 style: HTMLStyle | None = None):  # fmt: skip
+        layout = layout or widgets.Layout()
+        self.image = widgets.Image(format="webp", layout=layout)
+        self.caption = widgets.HTML(layout=layout, style=style or HTMLStyle())
+        super().__init__([self.image, self.caption], layout=layout)
+
+
 class Explorer(widgets.VBox):
-    """Controls above a picture: a VBox the book displays and the tests drive.
+    """Controls above a stack of pictures: a VBox the book displays and the tests drive.
 
     Attributes:
         controls: name → control widget; setting ``controls[name].value`` redraws.
-        image: the ``ipywidgets.Image`` holding the current figure as PNG bytes.
-        caption: an ``ipywidgets.HTML`` with ``note`` and ``summary`` as a table.
-        summary: the numbers of the current picture (e.g. losses, Dice, folding fraction).
+        main: the name of the main control, whose positions are stored pictures.
+        frames: the ``ipywidgets.Stack`` with one child per position of the main control, a
+            ``Frame`` drawn for the current setting of the other controls, or ``placeholder``;
+            the browser sets its ``selected_index`` from the main control (``jsdlink``).
+        image, caption: the ``Image`` and ``HTML`` of the shown frame.
+        hint: a line under the controls: which control responds without a kernel.
+        summary: the numbers of the shown picture (e.g. losses, Dice, folding fraction).
 
     Subclasses implement ``draw() -> Figure`` (reading ``self.value(name)``, setting
-    ``self.summary``) and may override ``update_controls(name)`` to adjust dependent controls
-    (ranges, options) before a redraw. ``render()`` redraws synchronously.
+    ``self.summary``), may override ``update_controls(name)`` to adjust dependent controls
+    (ranges, options) before a redraw, and call ``precompute()`` at the end of their
+    ``__init__``. ``render()`` redraws synchronously. The main control is a selection widget
+    (its ``index`` is the position) or an ``IntSlider`` from 0 (its ``value`` is).
     """
 
-    def __init__(self, controls: dict[str, widgets.Widget]):
-        self.controls = dict(controls)
-        self.image = widgets.Image(format="png")
-        self.caption = widgets.HTML()
+    def __init__(self, controls: dict[str, widgets.Widget], main: str,
+                 max_frames: int = MAX_FRAMES):  # fmt: skip
+        if main not in controls:
+            raise ValueError(f"main control {main!r} is not among the controls {list(controls)}")
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        self.controls, self.main, self.max_frames = dict(controls), main, max_frames
         self.summary: dict = {}
         self.note = ""  # a line above the caption's table
         self._holding = False
+        self._slots: list[Frame | None] = []  # one per position of the main control
+        self._drawn: list[tuple | None] = []  # the other controls' values each slot shows
+        self._summaries: list[dict] = []
+        self._layout, self._style = widgets.Layout(), HTMLStyle()  # the frames share
+        self.placeholder = widgets.HTML(layout=self._layout, style=self._style)
+        self.frames = widgets.Stack()
+        self.hint = widgets.HTML()
         box = widgets.HBox(
             list(self.controls.values()), layout=widgets.Layout(flex_flow="row wrap")
         )
-        super().__init__([box, self.image, self.caption])
+        super().__init__([box, self.hint, self.frames])
         for name, control in self.controls.items():
             control.observe(lambda change, name=name: self._changed(name), names="value")
+        source = self.controls[main]
+        self._link = widgets.jsdlink((source, _position_trait(source)),
+                                     (self.frames, "selected_index"))  # fmt: skip
 
     def value(self, name: str):
         return self.controls[name].value
+
+    @property
+    def position(self) -> int:
+        """The main control's position: the index of the shown frame."""
+        control = self.controls[self.main]
+        return getattr(control, _position_trait(control))
+
+    @property
+    def image(self) -> widgets.Image:
+        """The picture of the shown frame (after ``render()``: the current setting's)."""
+        return self.frames.children[self.frames.selected_index].image
+
+    @property
+    def caption(self) -> widgets.HTML:
+        return self.frames.children[self.frames.selected_index].caption
+
+    def setting(self) -> tuple:
+        """The values of the controls other than the main one (what a stored picture is for)."""
+        return tuple((name, c.value) for name, c in self.controls.items() if name != self.main)
 
     @contextmanager
     def hold(self):
@@ -155,33 +264,128 @@ class Explorer(widgets.VBox):
     def draw(self) -> Figure:
         raise NotImplementedError
 
-    def render(self) -> None:
-        """Redraw the figure into ``image`` and the summary into ``caption``."""
-        self.image.value = figure_png(self.draw())
+    def _resize(self) -> None:
+        """One slot per position of the main control (its range may follow other controls)."""
+        count = _positions(self.controls[self.main])
+        for slot in self._slots[count:]:
+            if slot is not None:
+                _close(slot)
+        del self._slots[count:], self._drawn[count:], self._summaries[count:]
+        missing = count - len(self._slots)
+        self._slots += [None] * missing
+        self._drawn += [None] * missing
+        self._summaries += [{}] * missing
+
+    def _draw(self, position: int) -> None:
+        """Draw the current setting into the slot of ``position`` (the main control's)."""
+        figure = self.draw()
+        if self._slots[position] is None:
+            self._slots[position] = Frame(self._layout, self._style)
+        slot = self._slots[position]
+        slot.image.value = figure_webp(figure)
         table = _html_table(self.summary) if self.summary else ""
-        self.caption.value = f"<small>{escape(self.note)}</small>{table}" if self.note else table
+        slot.caption.value = f"<small>{escape(self.note)}</small>{table}" if self.note else table
+        self._drawn[position], self._summaries[position] = self.setting(), dict(self.summary)
+
+    def _show(self) -> None:
+        """The stack: each slot drawn for the current setting, the placeholder elsewhere; a
+        slot drawn for another setting is emptied (its bytes would only weigh on the page)."""
+        setting, children, stored = self.setting(), [], []
+        for position, slot in enumerate(self._slots):
+            if slot is not None and self._drawn[position] != setting:
+                slot.image.value, self._drawn[position] = b"", None
+            if self._drawn[position] is None:
+                children.append(self.placeholder)
+            else:
+                children.append(slot)
+                stored.append(_value_at(self.controls[self.main], position)[1])
+        control = self.controls[self.main]
+        name = (control.description or self.main).split(" (")[0]  # "shift (voxels)": "shift"
+        self.placeholder.value = (
+            f"<p style='margin:2em 0'><i>No picture stored for this {escape(name)}</i> (the page"
+            f" stores {escape(', '.join(stored))}). In Jupyter it is drawn when you pick it.</p>"
+        )
+        others = "; the other controls redraw in Jupyter" if len(self.controls) > 1 else ""
+        some = "" if len(stored) == len(children) else f" ({len(stored)} of {len(children)})"
+        self.hint.value = (f"<small>Without a kernel (the book's HTML) the {escape(name)} "
+                           f"control switches between stored pictures{some}{others}.</small>")
+        with self.frames.hold_sync():
+            self.frames.children = tuple(children)
+            self.frames.selected_index = self.position
+
+    def render(self) -> None:
+        """Show the picture of the current setting, drawing it if its slot does not hold it."""
+        self._resize()
+        position = self.position
+        if self._drawn[position] != self.setting():
+            self._draw(position)
+        self.summary = dict(self._summaries[position])
+        self._show()
+
+    def stored_positions(self) -> list[int]:
+        """The main control's positions ``precompute`` draws: all of them if there are at most
+        ``max_frames``, else ``max_frames`` evenly spread ones and the current one."""
+        return _spread(_positions(self.controls[self.main]), self.max_frames, self.position)
+
+    def precompute(self) -> None:
+        """Draw the picture of each ``stored_positions()`` at the other controls' current
+        values, then show the current one: the pictures the static page switches between."""
+        control, trait = self.controls[self.main], _position_trait(self.controls[self.main])
+        values = {name: c.value for name, c in self.controls.items() if name != self.main}
+        start = self.position
+        self._resize()
+        for position in [*self.stored_positions(), start]:  # the last one: back to the start
+            with self.hold():
+                setattr(control, trait, position)
+                self.update_controls(self.main)
+                for name, value in values.items():  # what update_controls may have moved
+                    self.controls[name].value = value
+            if self._drawn[position] != self.setting():
+                self._draw(position)
+        self.render()
+
+    def stored_pictures(self) -> dict:
+        """Main control value → the bytes of its picture in the stack (what the page shows
+        at that position), for the positions that hold one."""
+        control = self.controls[self.main]
+        return {_value_at(control, position)[0]: bytes(child.image.value)
+                for position, child in enumerate(self.frames.children)
+                if isinstance(child, Frame)}  # fmt: skip
+
+
+def _close(frame: Frame) -> None:
+    """Close a frame and its image and caption (a closed widget leaves the saved state)."""
+    frame.image.close()
+    frame.caption.close()
+    frame.close()
 
 
 # ----------------------------------------------------------------------------- warp
 
 
+AMPLITUDES = tuple(float(a) for a in range(9))  # the warp explorer's positions: 0, 1, …, 8 voxels
+
+
 class WarpExplorer(Explorer):
     """A smooth random displacement u (``synth.random_displacement``) applied to an image."""
 
-    def __init__(self, image: Tensor, seed: int = 0):
+    def __init__(self, image: Tensor, seed: int = 0, amplitude: float = 2.0,
+                 amplitudes: Sequence[float] = AMPLITUDES):  # fmt: skip
         self.moving = image
         height, width = image.shape[2:]
+        if amplitude not in amplitudes:
+            raise ValueError(f"amplitude {amplitude} is not one of the amplitudes {amplitudes}")
         controls = {
-            "amplitude": widgets.FloatSlider(
-                value=2.0, min=0.0, max=8.0, step=0.25,
+            "amplitude": widgets.SelectionSlider(
+                options=[(f"{a:g}", float(a)) for a in amplitudes], value=float(amplitude),
                 description="amplitude (voxels)", **SLIDER),
             "smoothness": widgets.FloatSlider(
                 value=max(height, width) / 12, min=2.0, max=max(height, width) / 4, step=1.0,
                 description="smoothness σ (voxels)", **SLIDER),
             "seed": widgets.IntSlider(value=seed, min=0, max=20, description="seed", **SLIDER),
         }  # fmt: skip
-        super().__init__(controls)
-        self.render()
+        super().__init__(controls, main="amplitude")
+        self.precompute()
 
     def displacement(self) -> Tensor:
         """u ``(1, 2, H, W)``: each component a smooth field of std = amplitude voxels."""
@@ -216,15 +420,20 @@ class WarpExplorer(Explorer):
         return fig
 
 
-def warp_explorer(image=None, seed: int = 0) -> WarpExplorer:
+def warp_explorer(
+    image=None, seed: int = 0, *, amplitude: float = 2.0,
+    amplitudes: Sequence[float] = AMPLITUDES,
+) -> WarpExplorer:  # fmt: skip
     """Sliders for a smooth random displacement u (amplitude, smoothness, seed) → panels:
     moving I, warped I∘Φ with the deformation grid of Φ = id + u, det ∇Φ with folding in black.
 
     ``image``: a 2D image ``(H, W)`` / ``(1, 1, H, W)`` (default: the demo's moving image).
+    The amplitude slider is the main control: its positions ``amplitudes`` (voxels; the first
+    picture at ``amplitude``) are stored pictures, which the static page switches between.
     """
     if image is None:
         image = make_demo_pair(size=96)["moving"]
-    return WarpExplorer(_image2d(image), seed)
+    return WarpExplorer(_image2d(image), seed, amplitude, tuple(amplitudes))
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -254,7 +463,8 @@ class MetricExplorer(Explorer):
     """
 
     def __init__(self, fixed: Tensor, metrics: dict, seed: int, max_shift: int,
-                 landscape_step: int, noise: float, contrast: float, shift: int):  # fmt: skip
+                 landscape_step: int, noise: float, contrast: float, shift: int,
+                 max_frames: int = 2 * MAX_FRAMES):  # fmt: skip
         self.fixed, self.metrics, self.seed = fixed, metrics, seed
         self.landscape_shifts = list(range(-max_shift, max_shift + 1, landscape_step))
         if 0 not in self.landscape_shifts:
@@ -265,12 +475,13 @@ class MetricExplorer(Explorer):
                                          description="noise σ", **SLIDER),
             "contrast": widgets.FloatSlider(value=contrast, min=0.5, max=1.5, step=0.05,
                                             description="contrast ×", **SLIDER),
-            "shift": widgets.IntSlider(value=shift, min=-max_shift, max=max_shift,
-                                       description="shift (voxels)", **SLIDER),
+            "shift": widgets.SelectionSlider(
+                options=list(range(-max_shift, max_shift + 1)), value=shift,
+                description="shift (voxels)", **SLIDER),
         }  # fmt: skip
-        super().__init__(controls)
+        super().__init__(controls, main="shift", max_frames=max_frames)
         self.note = "losses, 0 = perfect match (NCC: 1 − mean squared local NCC)"
-        self.render()
+        self.precompute()
 
     def _evaluate(self, shifts: Sequence[float]) -> tuple[pd.DataFrame, tuple[Tensor, Tensor]]:
         noise, contrast = self.value("noise"), self.value("contrast")
@@ -323,7 +534,7 @@ def _center_crop(image: Tensor, size: int | None) -> Tensor:
 def metric_explorer(
     fixed=None, extractor=None, vgg=None, seed: int = 0, *, max_shift: int = 8,
     landscape_step: int | None = None, crop: int | None = 128, noise: float = 0.05,
-    contrast: float = 1.0, shift: int = 3,
+    contrast: float = 1.0, shift: int = 3, max_frames: int = 2 * MAX_FRAMES,
 ) -> MetricExplorer:  # fmt: skip
     """Sliders for noise σ, contrast factor and shift → the fixed and the moving image, the
     losses MSE, NCC (+ VGG, DeepSim) at that setting (``summary``, the caption table) and
@@ -340,7 +551,11 @@ def metric_explorer(
             landscape's range; ``landscape_step`` its spacing (default 1; 4 with VGG, whose
             two VGG16 passes cost ≈0.2 s per evaluation at 128² on one CPU core, so that a
             change of noise or contrast redraws in < 2 s; a change of shift only evaluates once).
-        noise, contrast, shift: the first setting (the picture a static page shows).
+        noise, contrast, shift: the first setting (the picture a static page shows first).
+        max_frames: the shift slider is the main control: a picture for each shift is stored
+            (at the first noise and contrast) if there are at most ``max_frames`` shifts (the
+            default: every shift up to ``max_shift`` 11), else for ``max_frames`` evenly spread
+            ones (see ``Explorer.stored_positions``).
     """
     fixed = _center_crop(_image2d(make_demo_pair(size=96)["fixed"] if fixed is None else fixed,
                                   "fixed"), crop)  # fmt: skip
@@ -358,7 +573,10 @@ def metric_explorer(
     if max_shift < 1 or landscape_step < 1:
         raise ValueError(f"max_shift and landscape_step must be >= 1, got {max_shift}, "
                          f"{landscape_step}")  # fmt: skip
-    return MetricExplorer(fixed, metrics, seed, max_shift, landscape_step, noise, contrast, shift)
+    if shift not in range(-max_shift, max_shift + 1):
+        raise ValueError(f"shift {shift} is outside the slider's range ±{max_shift}")
+    return MetricExplorer(fixed, metrics, seed, max_shift, landscape_step, noise, contrast, shift,
+                          max_frames)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- λ sweep
@@ -372,7 +590,8 @@ def _slice(array, axis: int, index: int):
 class LambdaExplorer(Explorer):
     """A λ sweep's validation Dice vs λ, and one pair registered by the net of the chosen λ."""
 
-    def __init__(self, table: pd.DataFrame, pairs: PairDataset | None):
+    def __init__(self, table: pd.DataFrame, pairs: PairDataset | None,
+                 max_frames: int = MAX_FRAMES):  # fmt: skip
         self.table, self.pairs = table, pairs
         self._nets: dict[float, torch.nn.Module] = {}
         options = [(f"{lam:g}", float(lam)) for lam in table["lam"]]
@@ -383,8 +602,8 @@ class LambdaExplorer(Explorer):
             controls["pair"] = widgets.IntSlider(
                 value=0, min=0, max=len(pairs) - 1, description=f"{pairs.split} pair", **SLIDER
             )
-        super().__init__(controls)
-        self.render()
+        super().__init__(controls, main="lam", max_frames=max_frames)
+        self.precompute()
 
     def _net(self, lam: float):
         if lam not in self._nets:
@@ -471,7 +690,9 @@ class LambdaExplorer(Explorer):
                              "folding fraction": r["folding"]})  # fmt: skip
 
 
-def lambda_explorer(sweep_dir_or_run_root, data_dir=None, split: str = "val") -> LambdaExplorer:
+def lambda_explorer(
+    sweep_dir_or_run_root, data_dir=None, split: str = "val", *, max_frames: int = MAX_FRAMES
+) -> LambdaExplorer:
     """A slider over the λs of a sweep → validation Dice vs λ with the chosen λ marked, and a
     ``split`` pair registered by that λ's net (grid, Dice, folding fraction) when the runs'
     checkpoints and the data are there.
@@ -480,6 +701,8 @@ def lambda_explorer(sweep_dir_or_run_root, data_dir=None, split: str = "val") ->
     ``sweep/lam_<λ>/``) or its ``sweep/`` folder (see ``runs.sweep_table``). ``data_dir``: the
     dataset (``data.embedded.resolve_dataset``); None: ``data/<dataset>`` if it exists, else
     the curve only. FileNotFoundError names the folder if it holds no runs.
+    The λ slider is the main control: the page stores a picture for each λ (for the first pair;
+    at most ``max_frames`` evenly spread λs).
     """
     table = sweep_table(sweep_dir_or_run_root)
     runs = [Path(r) for r in table["run"] if has_checkpoint(r)]
@@ -490,16 +713,20 @@ def lambda_explorer(sweep_dir_or_run_root, data_dir=None, split: str = "val") ->
             pairs = PairDataset(resolve_dataset(dataset, data_dir), split)
         elif (Path("data") / dataset / "dataset.json").is_file():
             pairs = PairDataset(Path("data") / dataset, split)
-    return LambdaExplorer(table, pairs)
+    return LambdaExplorer(table, pairs, max_frames)
 
 
 # ----------------------------------------------------------------------------- datasets
 
 
+BROWSER_FRAMES = 8  # its pictures of noisy images are 30–45 kB each: 8 keep a page < 0.5 MB
+
+
 class DatasetBrowser(Explorer):
     """The cases of the dataset folders in a data folder, with label contours and noisy patches."""
 
-    def __init__(self, found: dict[str, Path], dataset: str, split: str, case: int):
+    def __init__(self, found: dict[str, Path], dataset: str, split: str, case: int,
+                 max_frames: int = BROWSER_FRAMES):  # fmt: skip
         self.found = found
         self.infos = {name: load_info(root) for name, root in found.items()}
         self._cache: dict[tuple[str, str], tuple] = {}
@@ -512,11 +739,12 @@ class DatasetBrowser(Explorer):
                                           description="axis", style={"button_width": "40px"}),
             "slice": widgets.IntSlider(value=0, min=0, max=0, description="slice", **SLIDER),
         }  # fmt: skip
-        super().__init__(controls)
+        super().__init__(controls, main="case", max_frames=max_frames)
         with self.hold():
             self.update_controls("dataset")
             self.controls["case"].value = case
-        self.render()
+            self.update_controls("case")
+        self.precompute()
 
     @property
     def info(self):
@@ -580,11 +808,13 @@ class DatasetBrowser(Explorer):
 
 def dataset_browser(
     data_dir: str | Path = "data", dataset: str = "platelet-em", *, split: str = "train",
-    case: int = 0,
+    case: int = 0, max_frames: int = BROWSER_FRAMES,
 ) -> DatasetBrowser:  # fmt: skip
     """A drop-down over the datasets in ``data_dir``, the split, a case slider (3D: an axis and
     a slice slider) → the image with its label contours and, if stored, the outline of the
     noisy patches (``noise_masks/``). ``split`` and ``case`` (an index) set the first view.
+    The case slider is the main control: the page stores the pictures of ``max_frames`` evenly
+    spread cases of the first dataset and split (all of them if there are no more).
 
     Errors: FileNotFoundError if ``data_dir`` is missing or does not hold ``dataset``;
     ``DatasetError`` (a ValueError) for an unknown dataset name.
@@ -599,4 +829,4 @@ def dataset_browser(
         )
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    return DatasetBrowser(found, dataset, split, case)
+    return DatasetBrowser(found, dataset, split, case, max_frames)

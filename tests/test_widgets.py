@@ -2,6 +2,7 @@
 
 import base64
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,10 @@ from deepsim_edu.unet import segmentation_unet
 from .test_experiment_cli import data  # noqa: F401  (fixture: <data>/phc-u373, 4 frames a split)
 from .test_train_registration import moving_squares, tiny  # noqa: F401  (24x24 series, config)
 
-PNG = b"\x89PNG\r\n\x1a\n"
+
+def is_webp(picture: bytes) -> bool:
+    """The RIFF/WEBP signature (the explorers store their pictures as WebP)."""
+    return picture[:4] == b"RIFF" and picture[8:12] == b"WEBP"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +48,7 @@ def redraws(explorer, name, value) -> bool:
     explorer.controls[name].value = value
     changed = bytes(explorer.image.value)
     explorer.controls[name].value = old
-    return changed.startswith(PNG) and changed != before and bytes(explorer.image.value) == before
+    return is_webp(changed) and changed != before and bytes(explorer.image.value) == before
 
 
 # ----------------------------------------------------------------------------- warp
@@ -52,7 +56,7 @@ def redraws(explorer, name, value) -> bool:
 
 def test_warp_explorer_redraws_and_marks_folding():
     explorer = widgets.warp_explorer(make_demo_pair(size=48)["moving"], seed=3)
-    assert bytes(explorer.image.value).startswith(PNG) and explorer.controls["seed"].value == 3
+    assert is_webp(bytes(explorer.image.value)) and explorer.controls["seed"].value == 3
     for name, value in (("amplitude", 4.0), ("smoothness", 3.0), ("seed", 5)):
         assert redraws(explorer, name, value), name
     explorer.controls["amplitude"].value = 0.0  # u = 0: Φ = id, det ∇Φ = 1 everywhere
@@ -248,3 +252,100 @@ def test_the_picture_lives_in_the_widget_state():
     assert w.caption.model_id in embedded["manager_state"]["state"]
     manager = Widget.get_manager_state(widgets=[w.image])["state"][w.image.model_id]
     assert manager["buffers"][0]["data"] == encoded
+
+
+# ----------------------------------------------------------------------------- stored pictures
+
+
+def caption_numbers(html: str) -> dict[str, str]:
+    """Header → cell of a caption's one-row table."""
+    heads = re.findall(r"<th[^>]*>(.*?)</th>", html)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", html)
+    return dict(zip(heads, cells, strict=True))
+
+
+def shown(explorer) -> list[bool]:
+    """For each position of the main control: does the stack hold a picture there?"""
+    return [isinstance(child, widgets.Frame) for child in explorer.frames.children]
+
+
+def test_stored_pictures_are_the_live_pictures():
+    w = widgets.warp_explorer(make_demo_pair(size=32)["moving"], seed=2)
+    stored = w.stored_pictures()
+    assert list(stored) == list(widgets.AMPLITUDES) and all(shown(w))
+    assert w.frames.selected_index == 2 and bytes(w.image.value) == stored[2.0]
+    for amplitude, picture in stored.items():  # the live computation of each position
+        with w.hold():
+            w.controls["amplitude"].value = amplitude
+        assert widgets.figure_webp(w.draw()) == picture, amplitude
+    w.controls["amplitude"].value = 2.0  # shown again from its stored picture
+    assert bytes(w.image.value) == stored[2.0] and all(shown(w))
+    # each stored caption is the summary of its own amplitude: u = 0 only at amplitude 0
+    maxima = [caption_numbers(child.caption.value)["max |u| (voxels)"] for child in
+              w.frames.children]  # fmt: skip
+    assert maxima[0] == "0" and all(float(m) > 0 for m in maxima[1:])
+    # a change of another control: only the shown position holds a picture of the new setting
+    first = w.frames.children[0]
+    w.controls["seed"].value = 3
+    assert shown(w) == [position == 2 for position in range(len(widgets.AMPLITUDES))]
+    assert bytes(first.image.value) == b""  # a stale picture's bytes are dropped too
+    assert "No picture stored" in w.placeholder.value and "stores 2" in w.placeholder.value
+    w.controls["seed"].value = 2
+    for amplitude, picture in stored.items():  # now drawn by the observer, one by one
+        w.controls["amplitude"].value = amplitude
+        assert bytes(w.image.value) == picture and w.frames.selected_index == w.position
+    assert all(shown(w))
+
+
+def test_the_page_state_links_the_main_control_to_the_stored_pictures():
+    w = widgets.metric_explorer(max_shift=2, crop=24, noise=0.0, shift=1)
+    state = json.loads(json.dumps(Widget.get_manager_state()))["state"]  # all open widgets
+    links = [s["state"] for s in state.values() if s["model_name"] == "DirectionalLinkModel"
+             and s["state"]["target"] == [f"IPY_MODEL_{w.frames.model_id}", "selected_index"]]
+    shift = w.controls["shift"]
+    assert links == [{**links[0], "source": [f"IPY_MODEL_{shift.model_id}", "index"]}]
+    stack = state[w.frames.model_id]["state"]
+    assert stack["selected_index"] == state[shift.model_id]["state"]["index"] == 3  # shift 1
+    assert state[shift.model_id]["state"]["_options_labels"] == ["-2", "-1", "0", "1", "2"]
+    stored = w.stored_pictures()
+    assert list(stored) == [-2, -1, 0, 1, 2]
+    for position, (child, picture) in enumerate(zip(stack["children"], stored.values())):
+        frame = state[child.removeprefix("IPY_MODEL_")]["state"]
+        image_id, caption_id = (c.removeprefix("IPY_MODEL_") for c in frame["children"])
+        encoded = state[image_id]["buffers"][0]["data"]
+        assert base64.b64decode(encoded) == picture, position
+        assert state[image_id]["state"]["format"] == "webp"
+        mse = float(caption_numbers(state[caption_id]["state"]["value"])["MSE"])
+        assert (mse < 1e-10) == (position == 2) and mse < 1, position  # no noise: 0 at shift 0
+    with pytest.raises(ValueError, match="shift 5 is outside the slider's range ±2"):
+        widgets.metric_explorer(max_shift=2, crop=24, shift=5)
+    with pytest.raises(ValueError, match="amplitude 2.5 is not one of the amplitudes"):
+        widgets.warp_explorer(amplitude=2.5)
+
+
+def test_a_long_main_control_stores_spread_pictures_and_draws_the_rest_live(data_dir):
+    w = widgets.dataset_browser(data_dir, "phc-u373", max_frames=2)  # 4 train cases
+    assert w.stored_positions() == [0, 3] and shown(w) == [True, False, False, True]
+    assert "stores 0, 3" in w.placeholder.value and "(2 of 4)" in w.hint.value
+    stored = w.stored_pictures()
+    w.controls["case"].value = 1  # not stored: drawn live
+    assert shown(w) == [True, True, False, True] and w.summary["case"] == "train_1"
+    assert bytes(w.image.value) == widgets.figure_webp(w.draw())
+    w.controls["case"].value = 3
+    assert bytes(w.image.value) == stored[3] and w.summary["case"] == "train_3"
+    w.controls["dataset"].value = "brain-mri"  # one case: one position
+    assert len(w.frames.children) == 1 and shown(w) == [True]
+    w.controls["dataset"].value = "phc-u373"  # back, at case 0 (brain-mri's only one)
+    assert len(w.frames.children) == 4 and shown(w) == [True, False, False, False]
+    assert bytes(w.image.value) == stored[0] and w.summary["case"] == "train_0"
+
+
+def test_lambda_explorer_stores_a_picture_for_each_lambda(sweep, moving_squares):  # noqa: F811
+    w = widgets.lambda_explorer(sweep, data_dir=moving_squares)
+    stored = w.stored_pictures()
+    assert list(stored) == [0.01, 1.0] and all(shown(w))
+    for lam, picture in stored.items():
+        with w.hold():
+            w.controls["lam"].value = lam
+        assert widgets.figure_webp(w.draw()) == picture
+        assert w.summary["λ"] == f"{lam:g}"
