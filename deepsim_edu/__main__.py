@@ -6,6 +6,8 @@ python -m deepsim_edu experiment --preset quick
 python -m deepsim_edu table --results results/quick [--format md|latex|csv]
 python -m deepsim_edu figures --results results/quick --out figures/
 python -m deepsim_edu book --preset quick --device cpu
+python -m deepsim_edu release --runs results/default --out models/default
+python -m deepsim_edu register --model platelet-em/deepsim --fixed F --moving M --out DIR
 
 Exit status: 0 done; 2 refused — a bad argument (argparse names it, before anything is
 written), a bad dataset or input, or a file or folder that cannot be read or written (one line
@@ -25,6 +27,9 @@ from pathlib import Path
 
 from .config import MAX_SEED, METRICS, PRESETS, check_lambda, check_positive, check_seed
 from .data.layout import DATASET_NAMES, DatasetError
+
+METHODS = ("network", "optimise", "network+optimise")  # = apply.METHODS (torch: import late)
+INTENSITY_RULES = ("auto", "none")  # = apply.INTENSITY_RULES
 
 # commands whose work resumes when they are run again (finished runs are kept, not redone)
 RESUMABLE = ("train-seg", "train", "sweep-lambda", "experiment", "book")
@@ -58,6 +63,7 @@ def _data(args: argparse.Namespace) -> None:
 def _train_seg(args: argparse.Namespace) -> None:
     from .config import segmentation_config
     from .data.embedded import resolve_dataset
+    from .distributed import current
     from .runs import results_root, segmentation_folder
     from .train import train_segmentation
 
@@ -66,6 +72,8 @@ def _train_seg(args: argparse.Namespace) -> None:
     root = resolve_dataset(args.dataset, args.data)
     out = segmentation_folder(results_root(args.preset, args.out), args.dataset)
     last = train_segmentation(root, out, config, device=args.device)
+    if not current().main:  # under torchrun: rank 0 reports
+        return
     print(f"segmentation {args.dataset} ({args.preset}): epoch {last['epoch']}, "
           f"validation foreground Dice {last['val_dice']:.3f}")  # fmt: skip
     print(f"run folder: {out}")
@@ -90,8 +98,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _print_run(run: Path) -> None:
+    from .distributed import current
     from .runs import load_run_results
 
+    if not current().main:  # under torchrun: rank 0 reports
+        return
     results = load_run_results(run)
     print(
         f"{run}: test Dice {results['dice'].mean():.3f} ± {results['dice'].std():.3f} "
@@ -194,6 +205,76 @@ def _book(args: argparse.Namespace) -> None:
     print(f"book: {Path(index).resolve()}")
 
 
+def _release(args: argparse.Namespace) -> None:
+    from .pretrained import build_release, folder_bytes
+
+    _check_device(args.device)
+    manifest = build_release(args.runs, args.out, args.data, device=args.device,
+                             commit=args.commit, max_mb=args.max_mb)  # fmt: skip
+    kinds = [entry["kind"] for entry in manifest["models"].values()]
+    dtypes = sorted({entry["dtype"] for entry in manifest["models"].values()})
+    print(f"release: {args.out}: {kinds.count('registration')} registration nets, "
+          f"{kinds.count('segmentation')} feature extractors ({', '.join(dtypes)}), "
+          f"{folder_bytes(args.out) / 1e6:.2f} MB; {len(manifest['missing'])} missing")  # fmt: skip
+
+
+def _register(args: argparse.Namespace) -> None:
+    from .apply import register_files, resolve_model
+
+    _check_device(args.device)
+    if args.method == "network" and (args.metric, args.iterations) != (None, None):
+        flag = "--metric" if args.metric is not None else "--iterations"
+        raise ValueError(f"{flag} belongs to --method optimise or network+optimise; "
+                         "--method network uses the model as trained")  # fmt: skip
+    model = resolve_model(args.model, args.release, args.device)
+    metrics = register_files(
+        args.fixed, args.moving, args.out, model, moving_labels=args.moving_labels,
+        fixed_labels=args.fixed_labels, method=args.method, metric=args.metric,
+        device=args.device, intensity=args.intensity, resample_to=args.resample, seed=args.seed,
+        iterations=args.iterations, progress=True,
+    )  # fmt: skip
+    dice = ""
+    if metrics["dice_after"] is not None:
+        dice = f"Dice {metrics['dice_before']:.3f} → {metrics['dice_after']:.3f}, "
+    print(f"registered {args.moving} to {args.fixed} with {model.name} ({args.method}): {dice}"
+          f"folding {metrics['folding_percent']:.3f} %, {metrics['seconds']:.1f} s")  # fmt: skip
+    for note in metrics["notes"]:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"outputs: {Path(args.out)}")
+
+
+REGISTER_HELP = """\
+Register one pair of images with a trained model and write the result.
+
+Inputs: NIfTI (.nii, .nii.gz; 2D or 3D), or PNG/TIFF for 2D. Both images on one grid (the same
+shape): the moving image is taken voxel by voxel on the fixed image's grid. Label maps: whole
+numbers >= 0, of their image's shape.
+Outputs in --out: warped.nii.gz (the moving image's own intensities), displacement.nii.gz (u in
+voxels, a NIfTI vector field; the moving image is read at x + u(x)), jacobian_determinant.nii.gz,
+warped_labels.nii.gz (with --moving-labels), overview.png and metrics.json (Dice before/after
+with both label maps, folding %, seconds). Every NIfTI output carries the fixed image's affine.
+
+What the released models were trained on: the embedded datasets this package generates, at
+the default preset's grid - Platelet-EM-like EM sections of 256x256 and PhC-U373-like
+phase-contrast frames of 192x256 pixels (2D; nets trained on 128x128 crops), Brain-MRI-like T1
+volumes of 80x96x80 voxels at 2 mm, RAS (nets trained on 48x56x48 crops), intensities in [0, 1].
+Generated images, not real scans or micrographs; the release's manifest.json says it per model.
+A network carries only as far as your images resemble those: the same modality and contrast,
+voxel size and orientation, deformations of the same size. It registers in one pass but cannot
+adapt. For images unlike its training data (another modality or microscope, another voxel size,
+larger deformations) or when the overview shows a poor fit, --method optimise (the metric
+optimised for this pair from the identity: no training data assumed, slower) or
+network+optimise (the network's prediction refined for this pair) is the safer choice.
+
+Intensities, as in training: the nets saw images in [0, 1]. --intensity auto leaves an image
+in [0, 1] as it is, divides 8-bit images (0..255) by 256 and maps any other image to [0, 1] by
+its minimum and its 99.9th percentile (clipped); none uses the stored values.
+Size: any; each side is padded (edge values) to a multiple of 8 and the result cropped back, no
+resampling. The voxel size is not adapted unless --resample MM (2 for the brain nets): both
+images are resampled to that spacing and the displacement is mapped back to their grid.
+"""
+
+
 # ----------------------------------------------------------------------------- argument types
 
 
@@ -220,6 +301,15 @@ _positive_int = _argument_type(int, check_positive, "a whole number >= 1")
 _seed = _argument_type(int, check_seed, f"a whole number from 0 to {MAX_SEED}")
 _lam = _argument_type(float, check_lambda, "a finite number >= 0 (λ of Eq. 1)")
 _noise = _argument_type(float, _check_noise, "a finite number >= 0 (0 = clean)")
+
+
+def _check_positive_float(value: float) -> float:
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(value)
+    return value
+
+
+_positive_float = _argument_type(float, _check_positive_float, "a finite number > 0")
 
 
 class _DistinctLambdas(argparse.Action):
@@ -366,6 +456,46 @@ def build_parser() -> argparse.ArgumentParser:
     book.add_argument("--jobs", type=_positive_int, default=1,
                       help="experiment runs and chapters executed side by side")  # fmt: skip
     book.set_defaults(handler=_book)
+
+    release = commands.add_parser(
+        "release", help="pack a results root's trained nets into a release folder (manifest)"
+    )
+    release.add_argument("--runs", required=True, help="results root, e.g. results/default")
+    release.add_argument("--out", required=True, help="release folder, e.g. models/default "
+                         "(replaced whole once the new one is complete)")  # fmt: skip
+    release.add_argument("--data", default=None, help="folder holding the runs' <dataset>/ "
+                         "(default: the embedded datasets in data/)")  # fmt: skip
+    release.add_argument("--device", default="cpu", help="cpu | cuda (re-evaluation)")
+    release.add_argument("--commit", default=None, help="commit the runs were trained at "
+                         "(default: the results root's provenance.json)")  # fmt: skip
+    release.add_argument("--max-mb", type=_positive_float, default=15.0,
+                         help="refuse a release folder larger than this (MB)")  # fmt: skip
+    release.set_defaults(handler=_release)
+
+    reg = commands.add_parser(
+        "register", help="register your own pair of images (NIfTI, PNG, TIFF) with a model",
+        description=REGISTER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    reg.add_argument("--fixed", required=True, help="fixed image J")
+    reg.add_argument("--moving", required=True, help="moving image I")
+    reg.add_argument("--out", required=True, help="folder for the outputs")
+    reg.add_argument("--model", required=True, help="DATASET/METRIC of the release (e.g. "
+                     "platelet-em/deepsim), or a run folder holding checkpoint.pt")  # fmt: skip
+    reg.add_argument("--release", default="default",
+                     help="release name under models/, or its folder")  # fmt: skip
+    reg.add_argument("--moving-labels", default=None, help="label map of the moving image")
+    reg.add_argument("--fixed-labels", default=None, help="label map of the fixed image")
+    reg.add_argument("--method", default="network", choices=METHODS)
+    reg.add_argument("--metric", default=None, choices=METRICS,
+                     help="similarity of the optimise methods (default: the model's)")  # fmt: skip
+    reg.add_argument("--intensity", default="auto", choices=INTENSITY_RULES)
+    reg.add_argument("--resample", type=_positive_float, nargs="+", default=None, metavar="MM",
+                     help="resample to this voxel size first (1 value or 1 per axis)")  # fmt: skip
+    reg.add_argument("--device", default="cpu", help="cpu | cuda")
+    reg.add_argument("--iterations", type=_positive_int, default=None,
+                     help="optimisation steps per pyramid level (default 100)")  # fmt: skip
+    reg.add_argument("--seed", type=_seed, default=0, help="seed of the optimisation")
+    reg.set_defaults(handler=_register)
     return parser
 
 
