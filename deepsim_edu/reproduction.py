@@ -1,0 +1,108 @@
+"""A reproduction over several seeds: the claims per seed, and claims 3 and 4 as decided in advance.
+
+A multi-seed run keeps one results root per seed, ``<runs>/seed_<s>/`` (each the layout of
+``runs.py``). This module reads them:
+
+* ``seed_table`` — mean test Dice per dataset × metric × seed, with the spread over the test
+  pairs; ``seed_spread`` — per dataset × metric the mean over seeds, the sd across seeds and
+  the mean sd across pairs, side by side (which varies more: seeds or pairs?);
+* ``claims_by_seed`` — claims 1 and 2 (``claims.best_mean_dice``, ``claims.significance``) on
+  every seed;
+* ``convergence_claims`` — claim 3 from the per-pair learning curves (``val_pairs.csv``,
+  ``convergence.curve_statistics``): DeepSim against each baseline on the early area and the
+  steps to 50 % and 90 % of the own final gain, one-sided Wilcoxon across validation pairs;
+* ``patch_sweep_verdicts`` — claim 4 on the patch-strength sweep
+  (``robustness.summarize_patch_sweep``): at each strength, is DeepSim both smoother inside
+  the patches (less or equal folding and a smaller mean |∇u|) and at least as accurate there
+  (endpoint error ‖u − u*‖ no larger) than each baseline?
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .claims import REFERENCE, best_mean_dice, significance
+from .convergence import compare_convergence, curve_statistics
+from .runs import VAL_PAIRS, available_runs, load_results, load_val_pairs, run_folder
+
+SEED_FOLDER = re.compile(r"seed_(\d+)")
+
+
+def seed_roots(runs: str | Path) -> dict[int, Path]:
+    """``{seed: <runs>/seed_<seed>}`` for every such folder, in seed order."""
+    runs = Path(runs)
+    if not runs.is_dir():
+        raise FileNotFoundError(f"{runs}: no such folder (expected seed_<s>/ results roots)")
+    found = {int(m.group(1)): p for p in runs.iterdir()
+             if p.is_dir() and (m := SEED_FOLDER.fullmatch(p.name))}  # fmt: skip
+    if not found:
+        raise FileNotFoundError(f"{runs}: no seed_<s>/ results root in it")
+    return dict(sorted(found.items()))
+
+
+def seed_table(roots: dict[int, Path]) -> pd.DataFrame:
+    """One row per seed × dataset × metric: mean and sd over the test pairs, and their count."""
+    tables = []
+    for seed, root in roots.items():
+        results = load_results(root)
+        stats = results.groupby(["dataset", "metric"])["dice"].agg(["mean", "std", "count"])
+        tables.append(stats.reset_index().assign(seed=seed))
+    table = pd.concat(tables, ignore_index=True)
+    return table.rename(columns={"mean": "dice", "std": "sd_pairs", "count": "pairs"})
+
+
+def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset × metric: mean Dice over seeds, sd across seeds, mean sd across pairs."""
+    grouped = table.groupby(["dataset", "metric"])
+    return pd.DataFrame({"seeds": grouped["seed"].nunique(), "dice": grouped["dice"].mean(),
+                         "sd_seeds": grouped["dice"].std(),
+                         "sd_pairs": grouped["sd_pairs"].mean()}).reset_index()  # fmt: skip
+
+
+def claims_by_seed(roots: dict[int, Path]) -> pd.DataFrame:
+    """Claims 1 and 2 on every seed's results root (the rows of ``claims``, plus ``seed``)."""
+    rows = []
+    for seed, root in roots.items():
+        results = load_results(root)
+        rows += [{**r, "seed": seed} for r in best_mean_dice(results) + significance(results)]
+    return pd.DataFrame(rows)
+
+
+def convergence_claims(root: str | Path) -> pd.DataFrame:
+    """Claim 3 on one results root: per dataset with DeepSim's ``val_pairs.csv``, DeepSim against
+    every baseline that has one (``convergence.compare_convergence``), plus ``dataset``."""
+    rows = []
+    logged = available_runs(root, VAL_PAIRS)
+    for dataset in sorted(logged):
+        if REFERENCE not in logged[dataset]:
+            continue
+        curves = {m: curve_statistics(load_val_pairs(run_folder(root, dataset, m)))
+                  for m in logged[dataset]}  # fmt: skip
+        rows += [{"dataset": dataset, **r} for r in compare_convergence(curves, REFERENCE)]
+    return pd.DataFrame(rows)
+
+
+def patch_sweep_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
+    """Claim 4 per dataset × patch strength × baseline, from ``summarize_patch_sweep``.
+
+    ``smoother``: DeepSim's folding inside ≤ the baseline's and its mean |∇u| inside < the
+    baseline's; ``as_accurate``: DeepSim's endpoint error inside ≤ the baseline's; ``holds``:
+    both.
+    """
+    rows = []
+    for (dataset, strength), block in summary.groupby(["dataset", "patch_strength"]):
+        by = block.set_index("metric")
+        if REFERENCE not in by.index:
+            continue
+        ours = by.loc[REFERENCE]
+        for metric, theirs in by.drop(index=REFERENCE).iterrows():
+            smoother = bool(ours["folding_inside"] <= theirs["folding_inside"]
+                            and ours["gradient_inside"] < theirs["gradient_inside"])  # fmt: skip
+            accurate = bool(ours["endpoint_error_inside"] <= theirs["endpoint_error_inside"])
+            rows.append({"dataset": dataset, "patch_strength": strength, "versus": metric,
+                         "smoother": smoother, "as_accurate": accurate,
+                         "holds": smoother and accurate})  # fmt: skip
+    return pd.DataFrame(rows)

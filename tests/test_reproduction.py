@@ -1,0 +1,69 @@
+"""Multi-seed reproduction tables on hand-made results roots with hand-computed answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepsim_edu.reproduction import (
+    claims_by_seed,
+    convergence_claims,
+    patch_sweep_verdicts,
+    seed_roots,
+    seed_spread,
+    seed_table,
+)
+from deepsim_edu.runs import write_csv
+
+
+def results(root, dataset, metric, dices):
+    rows = [{"dataset": dataset, "metric": metric, "moving": f"m{i}", "fixed": f"f{i}",
+             "dice": d, "dice_before": 0.5} for i, d in enumerate(dices)]  # fmt: skip
+    write_csv(root / dataset / metric / "test_results.csv", rows)
+
+
+def test_seed_tables(tmp_path):
+    for seed, shift in ((0, 0.0), (1, 0.02)):
+        root = tmp_path / f"seed_{seed}"
+        results(root, "platelet-em", "deepsim", [0.8 + shift, 0.9 + shift, 0.85 + shift])
+        results(root, "platelet-em", "mse", [0.7, 0.8, 0.75])
+    (tmp_path / "notes").mkdir()
+    roots = seed_roots(tmp_path)
+    assert list(roots) == [0, 1]
+    table = seed_table(roots).set_index(["seed", "metric"])
+    assert table.loc[(1, "deepsim"), "dice"] == pytest.approx(0.87)
+    assert table.loc[(0, "mse"), "sd_pairs"] == pytest.approx(0.05)  # sd of 0.7, 0.8, 0.75
+    spread = seed_spread(seed_table(roots)).set_index("metric")
+    assert spread.loc["deepsim", "sd_seeds"] == pytest.approx(np.std([0.85, 0.87], ddof=1))
+    assert spread.loc["mse", "sd_seeds"] == pytest.approx(0.0)
+    assert spread.loc["deepsim", "seeds"] == 2
+    claims = claims_by_seed(roots)
+    delta = claims[(claims.claim == 1) & (claims.seed == 1)]["value"].item()
+    assert delta == pytest.approx(0.87 - 0.75) and claims[claims.claim == 1]["holds"].all()
+    with pytest.raises(FileNotFoundError, match="no seed_<s>"):
+        seed_roots(tmp_path / "notes")
+
+
+def test_convergence_claims_read_the_learning_curves(tmp_path):
+    for metric, rate in (("deepsim", 0.004), ("ncc", 0.001)):
+        rows = [{"epoch": s // 50, "step": s, "moving": f"m{k}", "fixed": f"f{k}",
+                 "dice": 0.5 + min(rate * s, 0.2) * (1 + 0.01 * k), "dice_before": 0.5,
+                 "folding_fraction": 0.0} for k in range(6) for s in (0, 50, 100, 150, 200)]
+        write_csv(tmp_path / "phc-u373" / metric / "val_pairs.csv", rows)
+    table = convergence_claims(tmp_path).set_index("statistic")
+    assert set(table["versus"]) == {"ncc"} and set(table["dataset"]) == {"phc-u373"}
+    # deepsim: gain 0.2·min(t/50, 1) → 50 % at step 25; ncc: 0.2·t/200 → at step 100
+    assert table.loc["steps_to_50", "deepsim"] == pytest.approx(25)
+    assert table.loc["steps_to_50", "baseline"] == pytest.approx(100)
+    assert table.loc["early_area", "pvalue"] == pytest.approx(1 / 2**6)
+
+
+def test_patch_sweep_verdicts():
+    summary = pd.DataFrame([
+        {"dataset": "phc-u373", "patch_strength": s, "metric": m, "folding_inside": f,
+         "gradient_inside": g, "endpoint_error_inside": e}
+        for s, m, f, g, e in [(0.0, "deepsim", 0.0, 0.1, 0.5), (0.0, "ncc", 0.0, 0.2, 0.4),
+                              (1.0, "deepsim", 0.0, 0.1, 0.5), (1.0, "ncc", 0.01, 0.3, 0.6)]
+    ])  # fmt: skip
+    verdicts = patch_sweep_verdicts(summary).set_index("patch_strength")
+    assert verdicts.loc[0.0, "smoother"] and not verdicts.loc[0.0, "as_accurate"]
+    assert not verdicts.loc[0.0, "holds"] and verdicts.loc[1.0, "holds"]
