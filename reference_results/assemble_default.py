@@ -1,17 +1,23 @@
-"""How ``reference_results/default/`` was assembled from the runs of the second reference run.
+"""How ``reference_results/default/`` is assembled from the third reference run.
 
-Issue 9, second pass: the Brain-MRI row was retrained at lr 3e-4 (at 1e-3 MSE and NCC-sup
-diverged) and the Platelet-EM row was retrained with the unchanged preset, because claim 4 is
-now also measured against the generator's true displacement and that needs the checkpoints
-(which are not committed). The PhC-U373 row is the one of the first reference run: its result
-files are kept, and its claim-4 rows (folding and |∇u| only; it would need its checkpoints for
-the error against u*) are carried over from the first run's ``noise_regions.csv``.
+The run (``reference_results/reproduce_default.sh``) keeps one results root per seed under
+RUNS (``seed_0``: all three datasets and the PhC-U373 λ sweeps of DeepSim and NCC-sup;
+``seed_1``, ``seed_2``: the 2D datasets, Brain-MRI when the budget allowed). This script measures
+on them and copies the small files (CSV/JSON; no checkpoints: those are the released models) to
+``reference_results/default/``:
 
-    OMP_NUM_THREADS=1 python -m deepsim_edu experiment --preset default \\
-        --datasets brain-mri platelet-em --data DATA --out RUNS
-    OMP_NUM_THREADS=1 python -m deepsim_edu sweep-lambda --dataset platelet-em --metric mse \\
-        --preset default --data DATA --out RUNS
-    python reference_results/assemble_default.py --runs RUNS --data DATA
+* seed 0 at the top level, as every reader of a results root expects, with ``claims.csv``
+  (claims 1-4), ``noise_regions.csv``, ``noise_sweep.csv``, ``table.md``;
+* ``convergence.csv`` — claim 3 from the per-pair learning curves (``reproduction``);
+* ``patch_sweep.csv``, ``patch_summary.csv``, ``patch_verdicts.csv`` — claim 4 over the
+  patch strengths ``robustness.PATCH_STRENGTHS`` (Platelet-EM, PhC-U373);
+* ``seeds/seed_<s>/`` the other seeds' files, ``seeds.csv`` (Dice per seed),
+  ``seed_spread.csv`` (across seeds beside across pairs), ``seed_claims.csv`` (claims 1-2 per
+  seed);
+* ``provenance.json`` (preset, device, date, commit, command, wall time, threads, VGG file).
+
+    RUNS=... DATA=... bash reference_results/reproduce_default.sh
+    python reference_results/assemble_default.py --runs RUNS --data DATA --wall-time-s S
 """
 
 from __future__ import annotations
@@ -25,70 +31,80 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepsim_edu import claims, features, reference, stats
+from deepsim_edu import claims, features, reference, reproduction, robustness, stats
 from deepsim_edu.runs import write_csv
 
 HERE = Path(__file__).resolve().parent
 COMMAND = (
-    "OMP_NUM_THREADS=1 python -m deepsim_edu experiment --preset default --datasets brain-mri "
-    "platelet-em --data DATA --out RUNS; OMP_NUM_THREADS=1 python -m deepsim_edu sweep-lambda "
-    "--dataset platelet-em --metric mse --preset default --data DATA --out RUNS; "
-    "python reference_results/assemble_default.py --runs RUNS --data DATA"
+    "RUNS=RUNS DATA=DATA bash reference_results/reproduce_default.sh; "
+    "python reference_results/assemble_default.py --runs RUNS --data DATA --wall-time-s S"
 )
-KEPT = "phc-u373"  # the dataset whose results come from the first reference run
+DEVICE = "cpu: 2-core x86 VM, torch 2.13.0 CPU, OMP_NUM_THREADS=1, 2 runs side by side"
+
+
+def _records(table: pd.DataFrame) -> list[dict]:
+    return table.to_dict("records")
+
+
+def measure(root: Path, data: str, sweep_data: Path) -> dict[str, pd.DataFrame]:
+    """Everything measured on seed 0's results root, written next to its runs."""
+    measured = claims.run_claims(root, data)  # claims 1-4, noise_regions, noise_sweep
+    convergence = reproduction.convergence_claims(root)
+    write_csv(root / "convergence.csv", _records(convergence))
+    sweep = pd.concat([robustness.patch_strength_sweep(root, sweep_data, d)
+                       for d in robustness.PATCH_DATASETS], ignore_index=True)  # fmt: skip
+    summary = robustness.summarize_patch_sweep(sweep)
+    verdicts = reproduction.patch_sweep_verdicts(summary)
+    for name, table in (("patch_sweep", sweep), ("patch_summary", summary),
+                        ("patch_verdicts", verdicts)):  # fmt: skip
+        write_csv(root / f"{name}.csv", _records(table))
+    tables = (stats.results_table(root), stats.folding_table(root))
+    (root / "table.md").write_text("\n\n".join(t.to_markdown() for t in tables))
+    return {**measured, "convergence": convergence, "verdicts": verdicts}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", required=True, help="results root of the new runs")
+    parser.add_argument("--runs", required=True, help="the run's folder of seed_<s>/ roots")
     parser.add_argument("--data", required=True, help="folder holding the embedded datasets")
     parser.add_argument("--out", default=str(HERE / "default"))
-    parser.add_argument(
-        "--wall-time-s",
-        type=float,
-        required=True,
-        help="wall time of the training runs, first start to last end",
-    )
+    parser.add_argument("--wall-time-s", type=float, required=True,
+                        help="wall time of the training, first start to last end")  # fmt: skip
     parser.add_argument("--notes", default="")
-    parser.add_argument("--vgg", default=None,
-                        help="the VGG16 weights the VGG runs used (default <data>/vgg16_conv.pt)")
     args = parser.parse_args()
-    vgg = Path(args.vgg) if args.vgg else features.vgg_weights_path(args.data)
-    vgg_configs = sorted(Path(args.runs).glob("*/vgg/config.json"))
-    vgg_input = json.loads(vgg_configs[0].read_text()).get("vgg_input", "weights") if vgg_configs \
-        else "weights"
+    roots = reproduction.seed_roots(args.runs)
+    vgg = features.vgg_weights_path(args.data)
+    vgg_configs = sorted(roots[0].glob("*/vgg/config.json"))
+    vgg_input = (json.loads(vgg_configs[0].read_text()).get("vgg_input", "weights")
+                 if vgg_configs else "weights")  # fmt: skip
     out, started = Path(args.out), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "default"
-        shutil.copytree(args.runs, root)
-        shutil.copytree(out / KEPT, root / KEPT, dirs_exist_ok=True)
-        kept_regions = pd.read_csv(out / "noise_regions.csv")
-        kept_regions = kept_regions[kept_regions["dataset"] == KEPT]
-        measured = claims.run_claims(root, args.data)  # claim 4 for the new rows, noise sweep
-        regions = pd.concat([measured["regions"], kept_regions], ignore_index=True)
-        write_csv(root / "noise_regions.csv", regions.to_dict("records"))
-        table = claims.check_claims(root, regions)
-        write_csv(root / "claims.csv", table.to_dict("records"))
-        tables = (stats.results_table(root), stats.folding_table(root))
-        (root / "table.md").write_text("\n\n".join(t.to_markdown() for t in tables))
-        seconds = sum(  # every epoch of every new run, sweep runs included
-            pd.read_csv(log)["seconds"].sum()
-            for log in root.rglob("log.csv")
-            if KEPT not in log.parts
-        )
+        shutil.copytree(roots[0], root, ignore=shutil.ignore_patterns("*.pt"))
+        for seed, other in roots.items():
+            if seed != 0:
+                shutil.copytree(other, root / "seeds" / f"seed_{seed}",
+                                ignore=shutil.ignore_patterns("*.pt"))  # fmt: skip
+        measured = measure(root, args.data, Path(tmp) / "patch_data")
+        table = reproduction.seed_table(roots)
+        write_csv(root / "seeds.csv", _records(table))
+        write_csv(root / "seed_spread.csv", _records(reproduction.seed_spread(table)))
+        write_csv(root / "seed_claims.csv", _records(reproduction.claims_by_seed(roots)))
+        seconds = sum(pd.read_csv(log)["seconds"].sum() for r in roots.values()
+                      for log in r.rglob("log.csv"))  # fmt: skip
         staged = Path(tmp) / "export"
         reference.export_reference(
-            root, staged, preset="default",
-            device="cpu: 2-core x86 VM, torch 2.13.0 CPU, OMP_NUM_THREADS=1, 3-4 runs side by side",
-            command=COMMAND,
+            root, staged, preset="default", device=DEVICE, command=COMMAND,
             wall_time_s=round(args.wall_time_s + time.perf_counter() - started),
-            notes=f"{args.notes} Sum of per-epoch training+validation seconds of the new runs: "
-                  f"{seconds:.0f} s.",
+            notes=f"{args.notes} Seeds: {sorted(roots)}. Sum of per-epoch training+validation "
+                  f"seconds over every run and seed: {seconds:.0f} s.",
             vgg=vgg if vgg_configs else None, vgg_input=vgg_input,
         )  # fmt: skip
-        shutil.rmtree(out)
+        shutil.rmtree(out, ignore_errors=True)
         shutil.copytree(staged, out)
-    print(claims.claim_summary(table).to_string(index=False))
+    print(claims.claim_summary(measured["claims"]).to_string(index=False))
+    print(measured["convergence"].to_string(index=False))
+    print(measured["verdicts"].to_string(index=False))
     print(f"wrote {out}")
 
 
