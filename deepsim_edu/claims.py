@@ -17,20 +17,51 @@ The paper claims that DeepSim, compared with MSE, NCC, NCC-sup and VGG,
 ``check_claims`` returns one row per claim × dataset × comparison with the statistic, its value
 and whether the claim holds there — the numbers the results chapter prints, with no threshold
 other than the ones stated above.
+
+The published numbers live here too: ``PAPER_TABLE1`` (the MIDL paper's Table 1, mean test
+Dice with its ‡ marks) and ``JOURNAL_TABLE`` (the authors' journal version: mean test Dice and
+fraction of folding voxels, with the label-free variant DeepSim-AE). ``published_results``
+returns them as one table and ``beside_published`` puts our results roots beside them, in both
+Dice conventions.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from .config import DATASETS
 from .robustness import NOISE_SIGMAS, noise_sweep, noisy_region_smoothness
 from .runs import LOG, available_runs, load_log, load_results, read_table, run_folder, write_csv
 from .stats import compare_metrics
 
 EARLY_POINTS = 3
 REFERENCE = "deepsim"
+
+# The MIDL paper (Czolbe et al. 2021), Table 1: mean test Dice per dataset × metric and its mark,
+# "‡" = one-sided Wilcoxon p < 0.001 against DeepSim with Cohen's d > 0.8 ("" = no mark).
+PAPER_TABLE1 = {
+    "brain-mri": {"mse": (0.70, ""), "ncc": (0.71, "‡"), "ncc-sup": (0.72, "‡"),
+                  "vgg": (0.71, "‡"), "deepsim": (0.75, "")},
+    "platelet-em": {"mse": (0.98, "‡"), "ncc": (0.98, "‡"), "ncc-sup": (0.98, "‡"),
+                    "vgg": (0.98, "‡"), "deepsim": (0.99, "")},
+    "phc-u373": {"mse": (0.98, ""), "ncc": (0.98, ""), "ncc-sup": (0.98, ""), "vgg": (0.98, ""),
+                 "deepsim": (0.99, "")},
+}  # fmt: skip
+# The journal version (Czolbe et al. 2023): (mean test Dice, fraction of voxels with det ∇Φ < 0);
+# no VGG row; DeepSim-AE: DeepSim on the features of an autoencoder, trained without labels.
+JOURNAL_TABLE = {
+    "brain-mri": {"mse": (0.666, 0.0042), "ncc": (0.657, 0.0093), "ncc-sup": (0.668, 0.0028),
+                  "deepsim-ae": (0.671, 0.0020), "deepsim": (0.675, 0.0012)},
+    "platelet-em": {"mse": (0.894, 0.0040), "ncc": (0.875, 0.0415), "ncc-sup": (0.888, 0.0403),
+                    "deepsim-ae": (0.895, 0.0004), "deepsim": (0.895, 0.0014)},
+    "phc-u373": {"mse": (0.965, 0.0002), "ncc": (0.965, 0.0071), "ncc-sup": (0.969, 0.0057),
+                 "deepsim-ae": (0.967, 0.0035), "deepsim": (0.968, 0.0032)},
+}  # fmt: skip
+PUBLISHED_METRICS = ("mse", "ncc", "ncc-sup", "vgg", "deepsim-ae", "deepsim")
+UNREGISTERED = "unregistered"  # the row of the Dice before registration in ``beside_published``
 
 
 def _row(claim: int, dataset: str, versus: str, statistic: str, value: float, holds: bool):
@@ -186,3 +217,55 @@ def run_claims(
     claims = check_claims(root, regions if len(regions) else None)
     write_csv(root / "claims.csv", claims.to_dict("records"))
     return {"claims": claims, "regions": regions, "sweep": sweep}
+
+
+# ----------------------------------------------------------------------------- published numbers
+
+
+def published_results() -> pd.DataFrame:
+    """The published numbers, one row per dataset × metric (index ``(dataset, metric)``).
+
+    Columns (NaN / "" where a paper has no such row): ``("paper 2021", "Dice")`` and
+    ``("paper 2021", "mark")`` from ``PAPER_TABLE1``; ``("journal 2023", "Dice")`` and
+    ``("journal 2023", "folding %")`` (the folding fraction × 100) from ``JOURNAL_TABLE``.
+    """
+    rows = {}
+    for dataset in DATASETS:
+        for metric in PUBLISHED_METRICS:
+            dice, mark = PAPER_TABLE1[dataset].get(metric, (math.nan, ""))
+            j_dice, j_folding = JOURNAL_TABLE[dataset].get(metric, (math.nan, math.nan))
+            rows[(dataset, metric)] = {("paper 2021", "Dice"): dice, ("paper 2021", "mark"): mark,
+                                       ("journal 2023", "Dice"): j_dice,
+                                       ("journal 2023", "folding %"): 100 * j_folding}  # fmt: skip
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.names = ["dataset", "metric"]
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def beside_published(roots: dict[str, str | Path]) -> pd.DataFrame:
+    """``published_results`` with the means of our results roots beside it.
+
+    ``roots``: label → results root (``runs.load_results``). Per label three columns, the mean
+    over the test pairs of ``(label, "Dice, all classes")`` (``dice_paper_convention``, the
+    convention of the paper's code), ``(label, "Dice, foreground")`` (``dice``, ours) and
+    ``(label, "folding %")`` (``folding_fraction`` × 100). An extra row per dataset,
+    ``UNREGISTERED``, holds the mean Dice before registration (``dice_before``, foreground
+    convention only; the papers publish none). Datasets or metrics a root lacks are NaN.
+    """
+    rows = [(d, m) for d in DATASETS for m in (UNREGISTERED, *PUBLISHED_METRICS)]
+    index = pd.MultiIndex.from_tuples(rows, names=["dataset", "metric"])
+    table = published_results().reindex(index)
+    table[("paper 2021", "mark")] = table[("paper 2021", "mark")].fillna("")
+    for label, root in roots.items():
+        results = load_results(root)
+        means = results.groupby(["dataset", "metric"])[
+            ["dice_paper_convention", "dice", "folding_fraction"]].mean()  # fmt: skip
+        before = results.groupby("dataset")["dice_before"].mean()
+        table[(label, "Dice, all classes")] = means["dice_paper_convention"].reindex(table.index)
+        table[(label, "Dice, foreground")] = means["dice"].reindex(table.index)
+        table[(label, "folding %")] = 100 * means["folding_fraction"].reindex(table.index)
+        for dataset, value in before.items():
+            if (dataset, UNREGISTERED) in table.index:
+                table.loc[(dataset, UNREGISTERED), (label, "Dice, foreground")] = value
+    return table

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from deepsim_edu.claims import check_claims, claim_summary
+from deepsim_edu.claims import beside_published, check_claims, claim_summary, published_results
 from deepsim_edu.data.layout import DatasetInfo, save_nifti, write_case, write_dataset_json
 from deepsim_edu.data.pairs import PairDataset
 from deepsim_edu.robustness import (
@@ -255,3 +255,31 @@ def test_patch_strength_sweep_regenerates_the_test_set(tmp_path, monkeypatch):
     assert len(summary) == 2 and "endpoint_error_inside" in summary
     with pytest.raises(ValueError, match="no noise patches"):
         patch_strength_sweep(tmp_path / "runs", tmp_path / "sweep", "brain-mri")
+
+
+def test_published_numbers_and_ours_beside_them(tmp_path):
+    published = published_results()
+    # the MIDL Table 1 and the journal table, as printed in the two papers
+    assert published.loc[("brain-mri", "deepsim"), ("paper 2021", "Dice")] == 0.75
+    assert published.loc[("platelet-em", "mse"), ("paper 2021", "mark")] == "‡"
+    assert published.loc[("phc-u373", "ncc"), ("paper 2021", "mark")] == ""
+    assert published.loc[("platelet-em", "ncc"), ("journal 2023", "folding %")] == pytest.approx(
+        4.15)  # fraction 0.0415 as a percentage
+    assert published.loc[("phc-u373", "ncc-sup"), ("journal 2023", "Dice")] == 0.969
+    assert math.isnan(published.loc[("brain-mri", "vgg"), ("journal 2023", "Dice")])  # no VGG
+    assert math.isnan(published.loc[("brain-mri", "deepsim-ae"), ("paper 2021", "Dice")])
+    # ours: two Platelet-EM pairs, means read off by hand
+    rows = [{"dataset": "platelet-em", "metric": "deepsim", "moving": f"t{i}", "fixed": f"t{i + 1}",
+             "dice": d, "dice_before": b, "dice_paper_convention": p, "folding_fraction": f}
+            for i, (d, b, p, f) in enumerate([(0.8, 0.7, 0.85, 0.01), (0.9, 0.5, 0.95, 0.03)])]
+    write_csv(tmp_path / "platelet-em" / "deepsim" / "test_results.csv", rows)
+    table = beside_published({"ours": tmp_path})
+    ours = table.loc[("platelet-em", "deepsim"), "ours"]
+    assert (ours["Dice, all classes"], ours["Dice, foreground"], ours["folding %"]) == (
+        pytest.approx(0.90), pytest.approx(0.85), pytest.approx(2.0))
+    assert table.loc[("platelet-em", "unregistered"), ("ours", "Dice, foreground")] == (
+        pytest.approx(0.6))
+    assert math.isnan(table.loc[("platelet-em", "unregistered"), ("ours", "Dice, all classes")])
+    assert table.loc[("brain-mri", "mse"), "ours"].isna().all()  # no brain run in this root
+    assert table.loc[("platelet-em", "deepsim"), ("paper 2021", "Dice")] == 0.99
+    assert list(table.index[:2]) == [("brain-mri", "unregistered"), ("brain-mri", "mse")]

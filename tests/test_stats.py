@@ -17,6 +17,7 @@ from deepsim_edu.stats import (
     cohens_d,
     cohens_dz,
     compare_metrics,
+    dice_gain,
     effect_size_label,
     folding_table,
     paired_wilcoxon,
@@ -282,6 +283,43 @@ def test_results_table_paper_convention(results_root):
     assert "Dice convention: paper" in caption and "including background" in caption
     with pytest.raises(ValueError, match="convention"):
         results_table(results_root, convention="all")
+
+
+def test_dice_gain_by_hand():
+    # gains [0.1, -0.05, 0]: mean 0.05 / 3; deviations 1/12, -1/15, -1/60 (exact fractions of
+    # 0.1, -0.05, 0 minus 1/60): squares sum 7/600 -> sd sqrt(7/1200); one pair of three improved
+    results = pd.DataFrame({
+        "dataset": "platelet-em", "metric": ["mse"] * 3 + ["deepsim"] * 2,
+        "dice": [0.6, 0.5, 0.7, 0.9, 0.8], "dice_before": [0.5, 0.55, 0.7, 0.5, 0.5],
+    })  # fmt: skip
+    gain = dice_gain(results).set_index("metric")
+    assert list(gain.index) == ["mse", "deepsim"]  # config.METRICS order
+    mse = gain.loc["mse"]
+    assert (mse.n, mse.dice, mse.dice_before) == (3, pytest.approx(0.6), pytest.approx(1.75 / 3))
+    assert mse.gain == pytest.approx(0.05 / 3)
+    assert mse.gain_sd == pytest.approx(math.sqrt(7 / 1200))
+    assert mse.improved == pytest.approx(1 / 3)
+    assert (gain.loc["deepsim", "gain"], gain.loc["deepsim", "improved"]) == (
+        pytest.approx(0.35), 1.0)
+    with pytest.raises(ValueError, match="dice_before"):
+        dice_gain(results.drop(columns="dice_before"))
+
+
+def test_results_table_bolds_only_a_best_that_gained(results_root):
+    # every dice_before is 0.5: platelet deepsim gains 0.30, brain mse (best there) only 0.15
+    table = results_table(results_root, min_gain=0.2)
+    body, caption = table.to_markdown().split("\n\n")
+    assert body.splitlines()[2:] == [
+        "| mse | 0.650 ± 0.020 | 0.700 ± 0.020‡ |",
+        "| ncc | – | 0.780 ± 0.020\\*\\* |",
+        "| deepsim | 0.600 ± 0.020 | **0.800 ± 0.020** |",
+    ]
+    assert "gained more than 0.2 Dice over the unregistered pairs" in caption
+    none = results_table(results_root, min_gain=0.35)  # no run gained that much: no bold
+    assert not none.best.to_numpy().any() and "**" not in none.to_markdown().split("\n\n")[0]
+    assert results_table(results_root, min_gain=0.1).best.equals(results_table(results_root).best)
+    with pytest.raises(ValueError, match="min_gain"):
+        results_table(results_root, min_gain=float("nan"))
 
 
 def test_results_table_latex_and_csv(results_root):
