@@ -73,8 +73,12 @@ def main() -> None:
             for mode in args.modes:
                 if mode == "amp" and args.device == "cpu":
                     continue  # autocast is CUDA-only in the library: same as fp32 here
-                row = run_isolated(__file__, ["--case", size, metric, mode, "--device",
-                                              args.device, "--repeats", str(repeats)])
+                try:
+                    row = run_isolated(__file__, ["--case", size, metric, mode, "--device",
+                                                  args.device, "--repeats", str(repeats)])
+                except RuntimeError as error:  # e.g. killed for memory: report and go on
+                    print(f"{size:<9} {metric:<8} {mode:<5} failed: {str(error)[-200:]!r}")
+                    continue
                 rows.append(row)
                 print(f"{size:<9} {metric:<8} {mode:<5} {row['peak_mib']:>9.0f} "
                       f"{row['seconds']:>8.2f} {1 / row['seconds']:>8.3f}", flush=True)
