@@ -148,7 +148,7 @@ def _progress_bar(epochs: int, steps_per_epoch: int, start_epoch: int, show: boo
                 disable=not show, desc=desc, unit="step")  # fmt: skip
 
 
-def _seeded(seed: int, index: int) -> torch.Generator:
+def seeded(seed: int, index: int) -> torch.Generator:
     """Seed micro-batch ``index``: torch's global RNG (dropout) and the returned generator
     (sampling, augmentation, noise) both start from ``step_seed(seed, index)``."""
     torch.manual_seed(step_seed(seed, index))
@@ -165,7 +165,7 @@ def sample_batch(store: CaseStore, cases: list[str], batch_size: int, generator:
     return torch.stack(images), torch.stack(labels)
 
 
-def _segmentation_batch(
+def segmentation_batch(
     store: CaseStore, cases: list[str], config: SegmentationConfig, generator: torch.Generator
 ) -> tuple[Tensor, Tensor]:
     """A training batch: sampled, one random affine, random crop, noise. ``(B, 1, *spatial)``."""
@@ -254,8 +254,8 @@ def train_segmentation(
                 break
             optimiser.zero_grad(set_to_none=True)
             for i, micro in enumerate(share.micro_batches):  # this process's share of the step
-                generator = _seeded(config.seed, step * accumulation + micro)
-                images, labels = share.keep(_segmentation_batch(store, cases, config, generator))
+                generator = seeded(config.seed, step * accumulation + micro)
+                images, labels = share.keep(segmentation_batch(store, cases, config, generator))
                 with no_sync(forward, last=i == len(share.micro_batches) - 1):
                     loss = F.cross_entropy(forward(images.to(device)), labels[:, 0].to(device))
                     (loss / share.divisor).backward()  # the mean gradient of the micro-batches
@@ -331,7 +331,7 @@ def sample_pairs(store: CaseStore, pairs: list[tuple[str, str]], batch_size: int
     return moving, fixed, moving_labels, fixed_labels
 
 
-def _registration_batch(
+def registration_batch(
     store: CaseStore, pairs: list[tuple[str, str]], config: RegistrationConfig, generator
 ) -> list[Tensor]:
     """A training batch of pairs: sampled, one random affine for all, random crop.
@@ -358,9 +358,9 @@ def registration_gradients(
     micro-batch's ``LossParts``.
     """
     for i, micro in enumerate(share.micro_batches):
-        generator = _seeded(config.seed, step * config.accumulation + micro)
+        generator = seeded(config.seed, step * config.accumulation + micro)
         moving, fixed, ml, fl = _to(
-            device, *share.keep(_registration_batch(store, pairs, config, generator))
+            device, *share.keep(registration_batch(store, pairs, config, generator))
         )
         with no_sync(forward, last=i == len(share.micro_batches) - 1):
             parts = registration_loss(

@@ -260,8 +260,8 @@ def no_step(*args, **kwargs):
 @pytest.mark.parametrize("kind", ["registration", "segmentation"])
 def test_training_checks_the_whole_dataset_before_the_first_step(tmp_path, monkeypatch, kind):
     root = broken_cell_series(tmp_path)
-    monkeypatch.setattr(train, "_registration_batch", no_step)
-    monkeypatch.setattr(train, "_segmentation_batch", no_step)
+    monkeypatch.setattr(train, "registration_batch", no_step)
+    monkeypatch.setattr(train, "segmentation_batch", no_step)
     out = tmp_path / "run"
     with pytest.raises(DatasetError, match=f"{root}/labels/test_1.nii.gz: file is missing"):
         if kind == "registration":
