@@ -19,10 +19,12 @@ curve; ``compare_convergence`` tests DeepSim against each baseline across the va
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .runs import VAL_PAIRS, available_runs, load_val_pairs, run_folder
 from .stats import paired_wilcoxon
 
 STATISTICS = ("early_area", "steps_to_50", "steps_to_90")
@@ -113,3 +115,17 @@ def compare_convergence(curves: dict[str, pd.DataFrame], reference: str = "deeps
                          "baseline": theirs.loc["mean", statistic],
                          "pvalue": p, "pairs": int(both.sum())})  # fmt: skip
     return rows
+
+
+def convergence_claims(root: str | Path, reference: str = "deepsim") -> pd.DataFrame:
+    """Claim 3 on one results root: per dataset with DeepSim's ``val_pairs.csv``, DeepSim against
+    every baseline that has one (``convergence.compare_convergence``), plus ``dataset``."""
+    rows = []
+    logged = available_runs(root, VAL_PAIRS)
+    for dataset in sorted(logged):
+        if reference not in logged[dataset]:
+            continue
+        curves = {m: curve_statistics(load_val_pairs(run_folder(root, dataset, m)))
+                  for m in logged[dataset]}  # fmt: skip
+        rows += [{"dataset": dataset, **r} for r in compare_convergence(curves, reference)]
+    return pd.DataFrame(rows)

@@ -8,9 +8,6 @@ A multi-seed run keeps one results root per seed, ``<runs>/seed_<s>/`` (each the
   the mean sd across pairs, side by side (which varies more: seeds or pairs?);
 * ``claims_by_seed`` — claims 1 and 2 (``claims.best_mean_dice``, ``claims.significance``) on
   every seed;
-* ``convergence_claims`` — claim 3 from the per-pair learning curves (``val_pairs.csv``,
-  ``convergence.curve_statistics``): DeepSim against each baseline on the early area and the
-  steps to 50 % and 90 % of the own final gain, one-sided Wilcoxon across validation pairs;
 * ``patch_sweep_verdicts`` — claim 4 on the patch-strength sweep
   (``robustness.summarize_patch_sweep``): at each strength, is DeepSim both smoother inside
   the patches (less or equal folding and a smaller mean |∇u|) and at least as accurate there
@@ -25,8 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .claims import REFERENCE, best_mean_dice, significance
-from .convergence import compare_convergence, curve_statistics
-from .runs import VAL_PAIRS, available_runs, load_results, load_val_pairs, run_folder
+from .runs import load_results
 
 SEED_FOLDER = re.compile(r"seed_(\d+)")
 
@@ -71,20 +67,6 @@ def claims_by_seed(roots: dict[int, Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def convergence_claims(root: str | Path) -> pd.DataFrame:
-    """Claim 3 on one results root: per dataset with DeepSim's ``val_pairs.csv``, DeepSim against
-    every baseline that has one (``convergence.compare_convergence``), plus ``dataset``."""
-    rows = []
-    logged = available_runs(root, VAL_PAIRS)
-    for dataset in sorted(logged):
-        if REFERENCE not in logged[dataset]:
-            continue
-        curves = {m: curve_statistics(load_val_pairs(run_folder(root, dataset, m)))
-                  for m in logged[dataset]}  # fmt: skip
-        rows += [{"dataset": dataset, **r} for r in compare_convergence(curves, REFERENCE)]
-    return pd.DataFrame(rows)
-
-
 def patch_sweep_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
     """Claim 4 per dataset × patch strength × baseline, from ``summarize_patch_sweep``.
 
@@ -106,3 +88,4 @@ def patch_sweep_verdicts(summary: pd.DataFrame) -> pd.DataFrame:
                          "smoother": smoother, "as_accurate": accurate,
                          "holds": smoother and accurate})  # fmt: skip
     return pd.DataFrame(rows)
+

@@ -8,7 +8,7 @@ on them and copies the small files (CSV/JSON; no checkpoints: those are the rele
 
 * seed 0 at the top level, as every reader of a results root expects, with ``claims.csv``
   (claims 1-4), ``noise_regions.csv``, ``noise_sweep.csv``, ``table.md``;
-* ``convergence.csv`` — claim 3 from the per-pair learning curves (``reproduction``);
+* ``convergence.csv`` — claim 3 from the per-pair learning curves (``convergence``);
 * ``patch_sweep.csv``, ``patch_summary.csv``, ``patch_verdicts.csv`` — claim 4 over the
   patch strengths ``robustness.PATCH_STRENGTHS`` (Platelet-EM, PhC-U373);
 * ``seeds/seed_<s>/`` the other seeds' files, ``seeds.csv`` (Dice per seed),
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepsim_edu import claims, features, reference, reproduction, robustness, stats
+from deepsim_edu import claims, convergence, features, reference, reproduction, robustness, stats
 from deepsim_edu.runs import write_csv
 
 HERE = Path(__file__).resolve().parent
@@ -49,8 +49,8 @@ def _records(table: pd.DataFrame) -> list[dict]:
 def measure(root: Path, data: str, sweep_data: Path) -> dict[str, pd.DataFrame]:
     """Everything measured on seed 0's results root, written next to its runs."""
     measured = claims.run_claims(root, data)  # claims 1-4, noise_regions, noise_sweep
-    convergence = reproduction.convergence_claims(root)
-    write_csv(root / "convergence.csv", _records(convergence))
+    learning = convergence.convergence_claims(root)
+    write_csv(root / "convergence.csv", _records(learning))
     sweep = pd.concat([robustness.patch_strength_sweep(root, sweep_data, d)
                        for d in robustness.PATCH_DATASETS], ignore_index=True)  # fmt: skip
     summary = robustness.summarize_patch_sweep(sweep)
@@ -60,7 +60,7 @@ def measure(root: Path, data: str, sweep_data: Path) -> dict[str, pd.DataFrame]:
         write_csv(root / f"{name}.csv", _records(table))
     tables = (stats.results_table(root), stats.folding_table(root))
     (root / "table.md").write_text("\n\n".join(t.to_markdown() for t in tables))
-    return {**measured, "convergence": convergence, "verdicts": verdicts}
+    return {**measured, "convergence": learning, "verdicts": verdicts}
 
 
 def main() -> None:

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from deepsim_edu.claims import learning_curve_claims
+from deepsim_edu.convergence import convergence_claims
 from deepsim_edu.reproduction import (
     claims_by_seed,
-    convergence_claims,
     patch_sweep_verdicts,
     seed_roots,
     seed_spread,
@@ -55,6 +56,10 @@ def test_convergence_claims_read_the_learning_curves(tmp_path):
     assert table.loc["steps_to_50", "deepsim"] == pytest.approx(25)
     assert table.loc["steps_to_50", "baseline"] == pytest.approx(100)
     assert table.loc["early_area", "pvalue"] == pytest.approx(1 / 2**6)
+    rows, covered = learning_curve_claims(tmp_path)  # the rows claims.csv gets
+    assert covered == {"phc-u373"} and len(rows) == 3 and all(r["holds"] for r in rows)
+    steps = next(r for r in rows if "50 %" in r["statistic"])
+    assert steps["value"] == pytest.approx(100 - 25)  # baseline − DeepSim steps
 
 
 def test_patch_sweep_verdicts():
