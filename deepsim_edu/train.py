@@ -191,6 +191,7 @@ def evaluate_segmentation(model: UNet, store: CaseStore, split: str, device: str
     return {"val_loss": sum(losses) / len(losses), "val_dice": dice.mean().item()}
 
 
+@torch.enable_grad()  # trains even when called under torch.no_grad()
 def train_segmentation(
     data: str | Path,
     out: str | Path,
@@ -407,6 +408,7 @@ def _pair_rows(epoch: int, step: int, rows: list[dict]) -> list[dict]:
     return [{"epoch": epoch, "step": step, **r} for r in rows]
 
 
+@torch.enable_grad()  # trains even when called under torch.no_grad()
 def train_registration(
     data: str | Path,
     out: str | Path,
