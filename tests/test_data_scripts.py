@@ -652,13 +652,7 @@ def test_vgg16_from_torchvision_file_and_offline_fallback(tmp_path: Path):
     import torch
 
     rng = np.random.default_rng(8)
-    state, c_in = {}, 3
-    for index, c_out in zip(vgg16_weights.TORCHVISION_INDEX, vgg16_weights.CHANNELS, strict=True):
-        state[f"features.{index}.weight"] = torch.from_numpy(
-            rng.normal(0, 0.1, (c_out, c_in, 3, 3)).astype(np.float32)
-        )
-        state[f"features.{index}.bias"] = torch.zeros(c_out)
-        c_in = c_out
+    state = vgg_state(rng)
     pth = tmp_path / "src" / "vgg16-test.pth"
     pth.parent.mkdir()
     torch.save(state, pth)
