@@ -10,20 +10,22 @@ the executed copies with execution switched off (``_config.yml``)::
          ──► jupyter-book build -W -n --keep-going ──► <build_dir>/html/index.html
 
 Each chapter declares its parameters in its one cell tagged ``parameters``; of the build's
-values (``preset``, ``device``, ``data_dir``, ``results_dir``) it gets only those it declares
-(``chapter_parameters``), and a parameter it declares that the build does not set (``seed``)
-keeps the chapter's default. The cell papermill injects is tagged ``remove-cell`` so the HTML
-does not show it twice. A failing cell fails the build with the chapter's name.
+values (``preset``, ``device``, ``data_dir``, ``results_dir``, ``jobs``) it gets only those it
+declares (``chapter_parameters``), and a parameter it declares that the build does not set
+(``seed``) keeps the chapter's default. The cell papermill injects is tagged ``remove-cell`` so
+the HTML does not show it twice. A failing cell fails the build with the chapter's name.
 
 ``standalone=True`` proves that every chapter runs alone, as from a fresh clone: no experiment
 up front, and each chapter gets its own empty ``results_dir`` under
 ``<build_dir>/standalone/<chapter>/``, so it must train the runs it shows itself. Its
 ``data_dir`` there holds the VGG16 weights file that ``make`` converts and hard links to the
 datasets of the build's ``data_dir`` (the embedded ones generated there once) — except for the
-chapters of
-``GENERATE_DATA`` (the data chapter), which start from an empty data folder and so prove that
-the generation from nothing works. Chapters start longest first (``LONGEST_FIRST``), so that
-with ``jobs`` kernels the build does not end on one long chapter.
+chapters of ``GENERATE_DATA`` (the data chapter), which start from an empty data folder and so
+prove that the generation from nothing works. In the same way a run that several chapters use
+is trained once, from nothing, by the chapter that teaches it, and the chapters that only use
+it receive it (``RECEIVED_RUNS``: they start when that chapter has finished, with hard links
+to its run folder in their empty results folder). Chapters start longest first
+(``LONGEST_FIRST``), so that with ``jobs`` kernels the build does not end on one long chapter.
 
 The page's download button (sphinx-book-theme, ``.ipynb``) serves the chapter's source
 notebook as committed, without outputs: the reader runs it and its widgets recompute live.
@@ -299,22 +301,61 @@ def execute_chapter(notebook: Path, output: Path, parameters: dict, kernel: str)
     return time.perf_counter() - start
 
 
-def _execute_chapters(chapters: list[tuple[Path, Path, dict]], kernel: str, jobs: int) -> None:
-    """Execute (source, target, parameters) chapters, ``jobs`` kernels at a time; the first
-    failure raises after the running ones have finished. Each chapter's time is logged as it
-    ends."""
-    from concurrent.futures import ThreadPoolExecutor, as_completed
+def _execute_chapters(
+    chapters: list[tuple[Path, Path, dict]],
+    kernel: str,
+    jobs: int,
+    received: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+) -> None:
+    """Execute (source, target, parameters) chapters, ``jobs`` kernels at a time, in the order
+    given; the first failure raises after the others have run. Each chapter's time is logged as
+    it ends.
 
+    ``received``: receiving chapter → (making chapter, run folders relative to ``results_dir``).
+    A receiver starts once its maker has finished and gets hard links to those of the maker's
+    run folders that exist in its own empty ``results_dir`` (standalone builds: a run trained
+    once, from nothing, by the chapter that shows how it is trained). A maker that is not in
+    this build makes no one wait.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    received = received or {}
+    stems = {source.stem for source, _, _ in chapters}
+    makers = {stem: maker for stem, (maker, _) in received.items() if maker in stems}
+    results = {source.stem: Path(params["results_dir"]) for source, _, params in chapters
+               if params.get("results_dir")}  # fmt: skip
+    waiting, running, ended, errors = list(chapters), {}, set(), []
     with ThreadPoolExecutor(max(1, min(jobs, len(chapters) or 1))) as pool:
-        futures = {pool.submit(execute_chapter, s, t, p, kernel): s for s, t, p in chapters}
-        errors = []
-        for future in as_completed(futures):
-            try:
-                _log(f"{futures[future].name:<32} {future.result():6.1f} s")
-            except BookError as error:
-                errors.append(error)
+        while waiting or running:
+            for chapter in [c for c in waiting if makers.get(c[0].stem, "") not in stems - ended]:
+                if len(running) >= jobs:
+                    break
+                stem = chapter[0].stem
+                if stem in makers and stem in results and makers[stem] in results:
+                    _link_runs(results[makers[stem]], results[stem], received[stem][1])
+                waiting.remove(chapter)
+                running[pool.submit(execute_chapter, *chapter, kernel)] = chapter[0]
+            if not running:  # every waiting chapter waits for another waiting one
+                raise BookError(f"chapters wait for each other: {[c[0].stem for c in waiting]}")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                source = running.pop(future)
+                ended.add(source.stem)
+                try:
+                    _log(f"{source.name:<32} {future.result():6.1f} s")
+                except BookError as error:
+                    errors.append(error)
     if errors:
         raise errors[0]
+
+
+def _link_runs(maker: Path, receiver: Path, folders: tuple[str, ...]) -> None:
+    """Hard-link the run ``folders`` of ``maker``'s results into ``receiver``'s (those that
+    exist). The library never writes into a finished run, and every write it makes is a new
+    file moved into place, so the maker's files stay as they are."""
+    for folder in folders:
+        if (maker / folder).is_dir():
+            shutil.copytree(maker / folder, receiver / folder, copy_function=os.link)
 
 
 # --- data and results ----------------------------------------------------------------------------
@@ -357,6 +398,13 @@ def _experiment(
 
 
 GENERATE_DATA = ("04_embedded_data",)  # standalone: these chapters generate their own data
+# standalone: the Platelet-EM feature extractor is trained from nothing by chapter 5 (the chapter
+# about training it) and received by the chapters that only use it; chapter 8 trains its whole
+# grid, the extractor included, itself (it starts first, as the longest).
+RECEIVED_RUNS = {
+    stem: ("05_feature_extractor", ("platelet-em/segmentation",))
+    for stem in ("06_deepsim", "07_training", "10_instance_optimisation")
+}
 LONGEST_FIRST = ("08_results", "07_training", "10_instance_optimisation", "05_feature_extractor",
                  "06_deepsim", "04_embedded_data")  # fmt: skip
 
@@ -477,7 +525,7 @@ def build_book(
     _copy_bibliography(config, toc.parent, stage)
     _extract_assets(cache, stage / "_assets")
     parameters = {"preset": preset, "device": device, "data_dir": _as_parameter(data_dir),
-                  "results_dir": _as_parameter(results_dir)}  # fmt: skip
+                  "results_dir": _as_parameter(results_dir), "jobs": jobs}  # fmt: skip
     jupyter_dir = build_dir / "jupyter"
     kernel = _kernelspec(jupyter_dir)
     old_path = os.environ.get("JUPYTER_PATH")
@@ -505,7 +553,8 @@ def build_book(
                 )
                 own.update(data_dir=_as_parameter(data), results_dir=_as_parameter(results))
             chapters_to_run.append((source, target, own))
-        _execute_chapters(_longest_first(chapters_to_run), kernel, jobs)
+        _execute_chapters(_longest_first(chapters_to_run), kernel, jobs,
+                          RECEIVED_RUNS if standalone else None)
     finally:
         if old_path is None:
             os.environ.pop("JUPYTER_PATH", None)

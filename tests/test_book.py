@@ -37,7 +37,7 @@ import yaml
 from deepsim_edu.book import REPO, BookError, build_book, chapter_parameters, toc_files
 
 SCREENSHOTS = REPO / "_build" / "screenshots"
-BUILD_PARAMETERS = {"preset", "device", "data_dir", "results_dir"}  # what build_book offers
+BUILD_PARAMETERS = {"preset", "device", "data_dir", "results_dir", "jobs"}  # what build_book offers
 
 
 @dataclass
@@ -507,3 +507,49 @@ def test_embedded_data_is_generated_where_there_is_no_real_data(tmp_path, monkey
     monkeypatch.setattr(embedded, "ensure_embedded", lambda name, folder: made.append(name))
     book.prepare_data(tmp_path)
     assert sorted(made) == sorted(book.REAL_DATASETS)
+
+
+def test_a_receiving_chapter_starts_after_its_maker_with_links_to_its_run(tmp_path, monkeypatch):
+    """``_execute_chapters`` with ``received``: the receiver waits for the maker and finds the
+    maker's run folder hard-linked into its own results; a chapter that receives nothing runs
+    beside the maker; chapters that wait for each other are refused."""
+    import threading
+    import time
+
+    from deepsim_edu import book
+
+    events, lock = [], threading.Lock()
+
+    def fake_execute(source, target, parameters, kernel):
+        results = Path(parameters["results_dir"])
+        with lock:
+            events.append(("start", source.stem))
+        if source.stem == "maker":
+            time.sleep(0.3)
+            (results / "d" / "run").mkdir(parents=True)
+            (results / "d" / "run" / "checkpoint.pt").write_text("weights")
+        if source.stem == "receiver":
+            made = results / "d" / "run" / "checkpoint.pt"
+            with lock:
+                events.append(("sees", made.is_file() and made.read_text() == "weights"))
+        with lock:
+            events.append(("end", source.stem))
+        return 0.0
+
+    monkeypatch.setattr(book, "execute_chapter", fake_execute)
+    chapters = []
+    for stem in ("maker", "receiver", "other"):
+        (tmp_path / stem).mkdir()
+        chapters.append((Path(f"{stem}.ipynb"), Path(f"out/{stem}.ipynb"),
+                         {"results_dir": str(tmp_path / stem)}))  # fmt: skip
+    received = {"receiver": ("maker", ("d/run", "d/absent"))}
+    book._execute_chapters(chapters, "python3", 2, received)
+    assert events.index(("start", "receiver")) > events.index(("end", "maker"))
+    assert events.index(("start", "other")) < events.index(("end", "maker"))  # side by side
+    assert ("sees", True) in events
+    linked, made = (tmp_path / s / "d" / "run" / "checkpoint.pt" for s in ("receiver", "maker"))
+    assert linked.stat().st_ino == made.stat().st_ino
+    assert not (tmp_path / "receiver" / "d" / "absent").exists()
+    with pytest.raises(book.BookError, match="wait for each other"):
+        book._execute_chapters(chapters[:2], "python3", 2,
+                               {"maker": ("receiver", ()), "receiver": ("maker", ())})  # fmt: skip
