@@ -2,11 +2,14 @@
 
 ``build_book(standalone=True)``: no experiment up front; each chapter runs with its own empty
 results and data folders (``_build/standalone/<chapter>/``), so this build proves that every
-chapter generates the data and trains the runs it shows by itself, as from a fresh clone, and
-CI pays for each chapter's training once. (``make run`` builds the experiment first and shares
-it.) The page checks are those of ``test_book.py`` (imported, so pytest runs them here on this
-file's ``book``); a file of its own so that pytest-xdist (``--dist loadfile``) builds the whole
-book in one worker while the other runs the remaining test files.
+chapter trains the runs it shows by itself, as from a fresh clone. Two things are made once and
+handed to the chapters that only use them: the datasets (generated once; chapter 4 generates
+its own, from nothing) and the Platelet-EM extractor (trained from nothing by chapter 5, then
+hard-linked into chapters 6, 7, 8 and 10: ``book.RECEIVED_RUNS``). (``make run`` builds the
+whole experiment first and shares it.) The page checks are those of ``test_book.py``
+(imported, so pytest runs them here on this file's ``book``); a file of its own so that
+pytest-xdist (``--dist loadfile``) builds the whole book in one worker, started first
+(``conftest.py``), while the other runs the remaining test files.
 """
 
 from __future__ import annotations
