@@ -18,14 +18,14 @@ the HTML does not show it twice. A failing cell fails the build with the chapter
 ``standalone=True`` proves that every chapter runs alone, as from a fresh clone: no experiment
 up front, and each chapter gets its own empty ``results_dir`` under
 ``<build_dir>/standalone/<chapter>/``, so it must train the runs it shows itself. Its
-``data_dir`` there holds the VGG16 weights file that ``make`` converts and hard links to the
-datasets of the build's ``data_dir`` (the embedded ones generated there once) — except for the
-chapters of ``GENERATE_DATA`` (the data chapter), which start from an empty data folder and so
-prove that the generation from nothing works. In the same way a run that several chapters use
-is trained once, from nothing, by the chapter that teaches it, and the chapters that only use
-it receive it (``RECEIVED_RUNS``: they start when that chapter has finished, with hard links
-to its run folder in their empty results folder). Chapters start longest first
-(``LONGEST_FIRST``), so that with ``jobs`` kernels the build does not end on one long chapter.
+``data_dir`` there holds the VGG16 weights file that ``make`` converts. What several chapters
+use is made once, from nothing, by the chapter that teaches it, and received by the others (they
+start when that chapter has finished, with hard links to what it made in their own empty
+folders): the embedded datasets by the data chapter (``GENERATE_DATA``), the Platelet-EM
+extractor by the extractor chapter (``RECEIVED_RUNS``). Real (converted) datasets in the
+build's ``data_dir``, or a partial build without the data chapter, are linked into every data
+folder up front instead. Chapters start longest first (``LONGEST_FIRST``) among those that can
+start, so that with ``jobs`` kernels the build does not end on one long chapter.
 
 The page's download button (sphinx-book-theme, ``.ipynb``) serves the chapter's source
 notebook as committed, without outputs: the reader runs it and its widgets recompute live.
@@ -301,38 +301,42 @@ def execute_chapter(notebook: Path, output: Path, parameters: dict, kernel: str)
     return time.perf_counter() - start
 
 
+Received = dict[str, list[tuple[str, str, tuple[str, ...]]]]
+
+
 def _execute_chapters(
     chapters: list[tuple[Path, Path, dict]],
     kernel: str,
     jobs: int,
-    received: dict[str, tuple[str, tuple[str, ...]]] | None = None,
+    received: Received | None = None,
 ) -> None:
     """Execute (source, target, parameters) chapters, ``jobs`` kernels at a time, in the order
     given; the first failure raises after the others have run. Each chapter's time is logged as
     it ends.
 
-    ``received``: receiving chapter → (making chapter, run folders relative to ``results_dir``).
-    A receiver starts once its maker has finished and gets hard links to those of the maker's
-    run folders that exist in its own empty ``results_dir`` (standalone builds: a run trained
-    once, from nothing, by the chapter that shows how it is trained). A maker that is not in
-    this build makes no one wait.
+    ``received``: receiving chapter → [(making chapter, folder parameter, paths)], the folder
+    parameter being ``"data_dir"`` or ``"results_dir"``. A receiver starts once its makers have
+    finished and gets hard links to those of the paths (relative to that folder of the maker)
+    that exist, in the same folder of its own (standalone builds: a dataset generated or a run
+    trained once, from nothing, by the chapter that teaches it). A maker that is not in this
+    build makes no one wait.
     """
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     received = received or {}
-    stems = {source.stem for source, _, _ in chapters}
-    makers = {stem: maker for stem, (maker, _) in received.items() if maker in stems}
-    results = {source.stem: Path(params["results_dir"]) for source, _, params in chapters
-               if params.get("results_dir")}  # fmt: skip
+    folders = {source.stem: params for source, _, params in chapters}
+    makers = {stem: {maker for maker, _, _ in given if maker in folders}
+              for stem, given in received.items()}  # fmt: skip
     waiting, running, ended, errors = list(chapters), {}, set(), []
     with ThreadPoolExecutor(max(1, min(jobs, len(chapters) or 1))) as pool:
         while waiting or running:
-            for chapter in [c for c in waiting if makers.get(c[0].stem, "") not in stems - ended]:
+            for chapter in [c for c in waiting if makers.get(c[0].stem, set()) <= ended]:
                 if len(running) >= jobs:
                     break
                 stem = chapter[0].stem
-                if stem in makers and stem in results and makers[stem] in results:
-                    _link_runs(results[makers[stem]], results[stem], received[stem][1])
+                for maker, key, paths in received.get(stem, []):
+                    if maker in folders and folders[maker].get(key) and folders[stem].get(key):
+                        _link(Path(folders[maker][key]), Path(folders[stem][key]), paths)
                 waiting.remove(chapter)
                 running[pool.submit(execute_chapter, *chapter, kernel)] = chapter[0]
             if not running:  # every waiting chapter waits for another waiting one
@@ -349,16 +353,24 @@ def _execute_chapters(
         raise errors[0]
 
 
-def _link_runs(maker: Path, receiver: Path, folders: tuple[str, ...]) -> None:
-    """Hard-link the run ``folders`` of ``maker``'s results into ``receiver``'s (those that
-    exist). The library never writes into a finished run, and every write it makes is a new
-    file moved into place, so the maker's files stay as they are."""
-    for folder in folders:
-        if (maker / folder).is_dir():
-            shutil.copytree(maker / folder, receiver / folder, copy_function=os.link)
+def _link(maker: Path, receiver: Path, paths: tuple[str, ...]) -> None:
+    """Hard-link the folders ``paths`` of ``maker`` into ``receiver`` (those that exist). The
+    library never writes into a finished run or a complete dataset in place: every write is a
+    new file moved into place, so the maker's files stay as they are."""
+    for path in paths:
+        if (maker / path).is_dir():
+            shutil.copytree(maker / path, receiver / path, copy_function=os.link)
 
 
 # --- data and results ----------------------------------------------------------------------------
+
+
+def real_datasets(data_dir: str | Path) -> list[str]:
+    """The datasets of ``data_dir`` made by ``data_scripts/``: a folder with a ``dataset.json``
+    and without the ``generator.json`` the embedded generators write."""
+    data_dir = Path(data_dir)
+    return [name for name in REAL_DATASETS if (data_dir / name / "dataset.json").is_file()
+            and not (data_dir / name / "generator.json").is_file()]  # fmt: skip
 
 
 def prepare_data(data_dir: str | Path) -> None:
@@ -367,8 +379,7 @@ def prepare_data(data_dir: str | Path) -> None:
     A dataset folder without ``generator.json`` was made by ``data_scripts/``: real data.
     """
     data_dir = Path(data_dir)
-    real = [name for name in REAL_DATASETS if (data_dir / name / "dataset.json").is_file()
-            and not (data_dir / name / "generator.json").is_file()]  # fmt: skip
+    real = real_datasets(data_dir)
     if real:
         _log(f"real data in {data_dir}: {', '.join(real)}")
         return
@@ -400,9 +411,10 @@ def _experiment(
 GENERATE_DATA = ("04_embedded_data",)  # standalone: these chapters generate their own data
 # standalone: the Platelet-EM feature extractor is trained from nothing by chapter 5 (the chapter
 # about training it) and received by the chapters that use it (chapter 8 trains the rest of its
-# grid itself: the other two extractors and every registration run)
-RECEIVED_RUNS = {
-    stem: ("05_feature_extractor", ("platelet-em/segmentation",))
+# grid itself: the other two extractors and every registration run). The embedded datasets are
+# received in the same way from the chapter of GENERATE_DATA (see build_book).
+RECEIVED_RUNS: Received = {
+    stem: [("05_feature_extractor", "results_dir", ("platelet-em/segmentation",))]
     for stem in ("06_deepsim", "07_training", "08_results", "10_instance_optimisation")
 }
 LONGEST_FIRST = ("08_results", "07_training", "10_instance_optimisation", "05_feature_extractor",
@@ -531,7 +543,13 @@ def build_book(
     old_path = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(jupyter_dir), old_path]))
     chapters_to_run = []
-    if standalone:  # the datasets, generated once in data_dir for the chapters that only read them
+    # standalone: the embedded datasets are generated, from nothing, by the data chapter and
+    # received by the others; with real data, or a build without that chapter, the datasets of
+    # data_dir are prepared here and linked into every chapter's data folder
+    data_maker = next((e for e in map(Path, sources) if e.stem in GENERATE_DATA), None)
+    data_maker = None if data_maker is None or real_datasets(data_dir) else data_maker.stem
+    received: Received = {k: list(v) for k, v in RECEIVED_RUNS.items()} if standalone else {}
+    if standalone and data_maker is None:
         prepare_data(data_dir)
     try:
         for entry in entries:
@@ -549,12 +567,16 @@ def build_book(
             own = dict(parameters)
             if standalone:
                 data, results = _standalone_folders(
-                    source, build_dir, data_dir, source.stem not in GENERATE_DATA
-                )
+                    source, build_dir, data_dir, data_maker is None
+                    and source.stem not in GENERATE_DATA,
+                )  # fmt: skip
                 own.update(data_dir=_as_parameter(data), results_dir=_as_parameter(results))
+                if data_maker and source.stem != data_maker and "data_dir" in (
+                        chapter_parameters(source)):  # fmt: skip
+                    received.setdefault(source.stem, []).append(
+                        (data_maker, "data_dir", REAL_DATASETS))
             chapters_to_run.append((source, target, own))
-        _execute_chapters(_longest_first(chapters_to_run), kernel, jobs,
-                          RECEIVED_RUNS if standalone else None)
+        _execute_chapters(_longest_first(chapters_to_run), kernel, jobs, received)
     finally:
         if old_path is None:
             os.environ.pop("JUPYTER_PATH", None)

@@ -542,7 +542,7 @@ def test_a_receiving_chapter_starts_after_its_maker_with_links_to_its_run(tmp_pa
         (tmp_path / stem).mkdir()
         chapters.append((Path(f"{stem}.ipynb"), Path(f"out/{stem}.ipynb"),
                          {"results_dir": str(tmp_path / stem)}))  # fmt: skip
-    received = {"receiver": ("maker", ("d/run", "d/absent"))}
+    received = {"receiver": [("maker", "results_dir", ("d/run", "d/absent"))]}
     book._execute_chapters(chapters, "python3", 2, received)
     assert events.index(("start", "receiver")) > events.index(("end", "maker"))
     assert events.index(("start", "other")) < events.index(("end", "maker"))  # side by side
@@ -552,4 +552,36 @@ def test_a_receiving_chapter_starts_after_its_maker_with_links_to_its_run(tmp_pa
     assert not (tmp_path / "receiver" / "d" / "absent").exists()
     with pytest.raises(book.BookError, match="wait for each other"):
         book._execute_chapters(chapters[:2], "python3", 2,
-                               {"maker": ("receiver", ()), "receiver": ("maker", ())})  # fmt: skip
+                               {"maker": [("receiver", "results_dir", ())],
+                                "receiver": [("maker", "results_dir", ())]})  # fmt: skip
+
+
+MAKES_DATA_CELL = (
+    "import json\nfrom pathlib import Path\n"
+    "folder = Path(data_dir) / 'platelet-em'\nfolder.mkdir()\n"
+    "(folder / 'dataset.json').write_text('{}')\n"
+    "(folder / 'generator.json').write_text(json.dumps({'seed': 0}))"  # embedded, not real
+)
+
+
+def test_standalone_chapters_receive_the_data_chapters_datasets(tmp_path, monkeypatch) -> None:
+    """Without real data, the data chapter generates the embedded datasets in its own empty
+    data folder and the chapters that declare ``data_dir`` receive hard links to them; the
+    build generates nothing itself."""
+    from deepsim_edu import book as book_module
+
+    monkeypatch.setattr(book_module, "prepare_data", lambda *a: pytest.fail("generated up front"))
+    toc = _tiny_toc(tmp_path / "src", "first", "04_embedded_data")
+    _tiny_notebook(tmp_path / "src" / "book" / "first.ipynb", [STANDALONE_CELL])
+    _tiny_notebook(tmp_path / "src" / "book" / "04_embedded_data.ipynb", [MAKES_DATA_CELL])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "vgg16_conv.pt").write_bytes(b"weights")
+    build = tmp_path / "_build"
+    book = _build("receives", build, toc, standalone=True, data_dir=tmp_path / "data",
+                  preset="ci", jobs=2)  # fmt: skip
+    own = (build / "standalone" / "first").resolve()
+    html = unescape((book.html / "book" / "first.html").read_text())
+    assert f"folders {own / 'data'} {own / 'results'} ['platelet-em', 'vgg16_conv.pt'] []" in html
+    made = build / "standalone" / "04_embedded_data" / "data" / "platelet-em" / "generator.json"
+    assert (own / "data" / "platelet-em" / "generator.json").stat().st_ino == made.stat().st_ino
+    assert not (tmp_path / "data" / "platelet-em").exists()
