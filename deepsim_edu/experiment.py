@@ -102,6 +102,24 @@ def _side_by_side(calls: list[tuple], jobs: int) -> list:
         return [future.result() for future in futures]
 
 
+def _grid_side_by_side(extractors: dict, runs: dict, grid: list, jobs: int) -> list:
+    """The grid in ``jobs`` worker processes; the run folders in the order of ``grid``.
+
+    The extractors start first and the runs that need none right behind them; a DeepSim run
+    is queued once its dataset's extractor has finished (it reads that checkpoint), so no
+    worker waits for an extractor while other runs could train. The first failure is raised.
+    """
+    context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not mix
+    with ProcessPoolExecutor(jobs, context, initializer=_one_thread) as pool:
+        trained = {d: pool.submit(*call) for d, call in extractors.items()}
+        futures = {key: pool.submit(*call) for key, call in runs.items() if key[1] != "deepsim"}
+        for dataset, extractor in trained.items():
+            extractor.result()
+            if (dataset, "deepsim") in runs:
+                futures[dataset, "deepsim"] = pool.submit(*runs[dataset, "deepsim"])
+        return [futures[key].result() for key in grid]
+
+
 def run_experiment(
     preset: str = "quick", datasets: tuple[str, ...] = DATASETS, metrics: tuple[str, ...] = METRICS,
     data: str | Path | None = None, out: str | Path | None = None, device: str = "cpu",
@@ -113,8 +131,9 @@ def run_experiment(
     the grid before any training, with every file at fault named.
 
     ``jobs > 1`` trains that many runs side by side in worker processes of one thread each
-    (first the extractors, then every dataset × metric); every run is seeded on its own, so the
-    results do not depend on ``jobs`` beyond the float rounding of another thread count.
+    (the extractors first, each DeepSim run once its extractor is there: ``_grid_side_by_side``);
+    every run is seeded on its own, so the results do not depend on ``jobs`` beyond the float
+    rounding of another thread count.
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
@@ -125,12 +144,16 @@ def run_experiment(
     data_roots = {d: resolve_dataset(d, None if data is None else Path(data)) for d in datasets}
     for data_root in data_roots.values():  # every dataset in full, before any training
         check_dataset(data_root)
-    if "deepsim" in metrics:
-        _side_by_side([(feature_extractor, d, preset, data_roots[d], root, device, seed)
-                       for d in datasets], jobs)  # fmt: skip
+    extractors = {d: (feature_extractor, d, preset, data_roots[d], root, device, seed)
+                  for d in (datasets if "deepsim" in metrics else ())}  # fmt: skip
     grid = [(d, m) for d in datasets for m in metrics]
-    folders = _side_by_side([(run_one, d, m, preset, data, out, device, None, None, vgg, seed)
-                             for d, m in grid], jobs)  # fmt: skip
+    runs = {(d, m): (run_one, d, m, preset, data, out, device, None, None, vgg, seed)
+            for d, m in grid}  # fmt: skip
+    if jobs <= 1:
+        _side_by_side(list(extractors.values()), 1)
+        folders = _side_by_side([runs[key] for key in grid], 1)
+    else:
+        folders = _grid_side_by_side(extractors, runs, grid, jobs)
     for (dataset, metric), run in zip(grid, folders):
         if current().main:
             print(f"{dataset:<12} {metric:<8} {run}")
