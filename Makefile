@@ -8,7 +8,8 @@
 #   make test   the test suite (what CI runs, through .ci/run); it installs Debian's chromium
 #               for the book's browser checks and builds the whole book (ci preset) with every
 #               chapter standalone: no experiment first, each chapter in its own empty results
-#               and data folders (_build/standalone/<chapter>/)
+#               and data folders (_build/standalone/<chapter>/), receiving the datasets from
+#               chapter 4 and the Platelet-EM extractor from chapter 5
 #
 # Variables: PRESET=quick|default|paper, DEVICE=cpu|cuda, DATA=data (a folder of real datasets
 # converted by data_scripts/ is used as it is), RESULTS= (default results/<PRESET>),

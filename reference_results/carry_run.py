@@ -48,8 +48,8 @@ def carry(source: Path, destination: Path) -> dict[str, int]:
     counts = {"copied": 0, "slimmed": 0, "unchanged": 0}
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         target = destination / path.relative_to(source)
-        if path.name.startswith(".") and path.name.endswith(".partial"):
-            continue  # a write in progress at the source
+        if path.name.startswith("."):
+            continue  # a write in progress at the source (the library's temporary files)
         if path.name == "checkpoint.pt":
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             slimmed = slim(checkpoint)

@@ -5,6 +5,13 @@
 #
 #   RUNS=/path/to/runs DATA=/path/to/data bash reference_results/reproduce_default.sh
 #
+# On a 2-core CPU the whole run takes longer than one working session. To keep it between
+# sessions, copy its tree into the repository (finished checkpoints without the optimiser's
+# moments: reference_results/carry_run.py) and copy it back before starting this script again:
+#
+#   python reference_results/carry_run.py $RUNS reference_results/default_in_progress
+#   python reference_results/carry_run.py reference_results/default_in_progress $RUNS
+#
 # Order: seed 0 of all three datasets (a complete single-seed reference first), the PhC-U373 λ
 # sweeps of DeepSim and NCC-sup (is λ tuned for both?), then seeds 1 and 2 of the 2D datasets,
 # then seeds 1 and 2 of Brain-MRI if there is time. Each seed has its own results root.
