@@ -55,15 +55,18 @@ from .config import METRICS, check_metric
 from .data.embedded import resolve_dataset
 from .data.layout import DATASET_NAMES, atomic_write_bytes, check_dataset_name, staging_folder
 from .data.pairs import CaseStore, PairDataset
-from .evaluate import dice_per_class, evaluate_pairs, mean_dice
+from .evaluate import dice_per_class, evaluate_pairs, evaluate_run, mean_dice
 from .runs import (
+    CONFIG,
     checkpoint_path,
     load_checkpoint,
     load_run_results,
     results_file,
     results_folder,
     run_folder,
+    save_checkpoint,
     segmentation_folder,
+    write_json,
 )
 from .unet import UNet, registration_unet, segmentation_unet
 
@@ -567,18 +570,58 @@ def evaluate_released(
     folder = release_folder(release)
     manifest = read_manifest(folder)
     entry = model_entry(manifest, dataset, metric, release)
+    store = _release_test_data(manifest, dataset, data, release)
+    net, _ = _load_verified(folder, entry, device)
+    if metric == SEGMENTATION:
+        return segmentation_scores(net, store, device)
+    return registration_scores(net, PairDataset(store, "test"), device)
+
+
+def _release_test_data(
+    manifest: dict, dataset: str, data: str | Path | None, release: str | Path
+) -> CaseStore:
+    """The dataset of ``data`` (None: the embedded one); ValueError when its test split is not
+    the one the release was built on (``test_fingerprint``)."""
     store = CaseStore(resolve_dataset(dataset, data))
-    expected = manifest["datasets"][dataset]["test_fingerprint"]
-    if test_fingerprint(store) != expected:
+    if test_fingerprint(store) != manifest["datasets"][dataset]["test_fingerprint"]:
         raise ValueError(
             f"the test split of {store.root} is not the one release {str(release)!r} was built "
             "on (test_fingerprint differs): the data generator changed since; build the release "
             "again from a run on the current data"
         )
-    net, _ = _load_verified(folder, entry, device)
-    if metric == SEGMENTATION:
-        return segmentation_scores(net, store, device)
-    return registration_scores(net, PairDataset(store, "test"), device)
+    return store
+
+
+def released_results_root(
+    out: str | Path, release: str | Path = DEFAULT_RELEASE, data: str | Path | None = None,
+    device: str = "cpu",
+) -> Path:  # fmt: skip
+    """A release laid out as a results root, its registration nets tested afresh; ``out``.
+
+    Every released net becomes a run folder of ``out`` (``<dataset>/<metric>/`` and
+    ``<dataset>/segmentation/``: ``config.json`` and a finished ``checkpoint.pt`` with float32
+    weights, checksums verified on reading), and every registration net is evaluated on the
+    test split of ``data`` (None: the embedded datasets) into ``test_results.csv``
+    (``evaluate.evaluate_run``). The library's tables and figures then read the release as they
+    read a trained run. A release has no training logs: convergence curves are not available.
+    ValueError when a dataset's test split is not the release's.
+    """
+    folder, out = release_folder(release), Path(out)
+    manifest = read_manifest(folder)
+    datasets = dict.fromkeys(entry["dataset"] for entry in manifest["models"].values())
+    stores = {d: _release_test_data(manifest, d, data, release) for d in datasets}
+    for key, entry in manifest["models"].items():
+        dataset, name = key.split("/")
+        config = json.loads(verified_bytes(folder, entry, "config"))
+        state = to_float32(read_weights(verified_bytes(folder, entry, "weights"),
+                                        folder / entry["weights"]))  # fmt: skip
+        run = segmentation_folder(out, dataset) if name == SEGMENTATION else \
+            run_folder(out, dataset, name)  # fmt: skip
+        write_json(run / CONFIG, config)
+        save_checkpoint(checkpoint_path(run), {"config": config, "model": state, "finished": True})
+        if name != SEGMENTATION:
+            evaluate_run(run, stores[dataset].root, "test", device)
+    return out
 
 
 def released(release: str | Path = DEFAULT_RELEASE) -> dict[str, dict]:
@@ -589,5 +632,6 @@ def released(release: str | Path = DEFAULT_RELEASE) -> dict[str, dict]:
 
 __all__ = [
     "DEFAULT_RELEASE", "MANIFEST", "build_release", "evaluate_released", "load",
-    "load_extractor", "read_manifest", "release_folder", "released", "verify_release",
+    "load_extractor", "read_manifest", "release_folder", "released", "released_results_root",
+    "verify_release",
 ]  # fmt: skip

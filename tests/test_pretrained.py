@@ -17,6 +17,8 @@ from deepsim_edu.features import load_segmentation_extractor
 from deepsim_edu.runs import (
     checkpoint_path,
     load_checkpoint,
+    load_registration_net,
+    load_results,
     load_run_results,
     results_file,
     run_folder,
@@ -111,6 +113,31 @@ def test_released_extractor_is_the_trained_one(runs, release):
     assert [r["case"] for r in rows] == ["test_0", "test_1", "test_2"]
     for row, entry in zip(rows, listed, strict=True):
         assert row["dice"] == pytest.approx(entry["dice"], abs=1e-3)
+
+
+def test_a_release_reads_as_a_results_root_tested_afresh(runs, release, tmp_path):
+    """The release laid out as run folders: the library's tables read it, and its fresh
+    test_results.csv are the trained runs' own (to the release tolerance)."""
+    data, root = runs
+    out, manifest, _ = release
+    as_root = pretrained.released_results_root(tmp_path / "released", out, data)
+    fresh = load_results(as_root)
+    assert set(fresh["metric"]) == {"mse", "deepsim"}
+    for metric in ("mse", "deepsim"):
+        recorded = load_run_results(run_folder(root, DATASET, metric))
+        ours = fresh[fresh["metric"] == metric].reset_index(drop=True)
+        assert list(ours["moving"]) == list(recorded["moving"])
+        assert ours["dice"].to_numpy() == pytest.approx(recorded["dice"].to_numpy(), abs=1e-3)
+        net, config = load_registration_net(run_folder(as_root, DATASET, metric))
+        assert config == pretrained.load(DATASET, metric, release=out)[1]
+    extractor = checkpoint_path(segmentation_folder(as_root, DATASET))
+    assert load_segmentation_extractor(extractor, DATASET, 2) is not None
+    # data that are not the release's test split are refused before anything is written
+    other = tmp_path / "other"
+    write_discs(other, n=(4, 3, 4))  # one test frame more
+    with pytest.raises(ValueError, match="test_fingerprint differs"):
+        pretrained.released_results_root(tmp_path / "refused", out, other)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_half_precision_only_when_the_dice_holds():
