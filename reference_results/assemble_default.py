@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -71,6 +72,8 @@ def main() -> None:
     parser.add_argument("--wall-time-s", type=float, required=True,
                         help="wall time of the training, first start to last end")  # fmt: skip
     parser.add_argument("--notes", default="")
+    parser.add_argument("--commit", default=None,
+                        help="commit the runs were trained at (default: the checked-out one)")
     args = parser.parse_args()
     roots = reproduction.seed_roots(args.runs)
     vgg = features.vgg_weights_path(args.data)
@@ -80,7 +83,9 @@ def main() -> None:
     out, started = Path(args.out), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "default"
-        shutil.copytree(roots[0], root, ignore=shutil.ignore_patterns("*.pt"))
+        # seed 0 with its checkpoints (hard links: claims and the patch sweep run its nets; the
+        # export below copies only the small files)
+        shutil.copytree(roots[0], root, copy_function=os.link)
         for seed, other in roots.items():
             if seed != 0:
                 shutil.copytree(other, root / "seeds" / f"seed_{seed}",
@@ -96,6 +101,7 @@ def main() -> None:
         reference.export_reference(
             root, staged, preset="default", device=DEVICE, command=COMMAND,
             wall_time_s=round(args.wall_time_s + time.perf_counter() - started),
+            commit=args.commit,
             notes=f"{args.notes} Seeds: {sorted(roots)}. Sum of per-epoch training+validation "
                   f"seconds over every run and seed: {seconds:.0f} s.",
             vgg=vgg if vgg_configs else None, vgg_input=vgg_input,

@@ -27,9 +27,14 @@ for d in brain-mri platelet-em phc-u373; do
   $PY -m deepsim_edu data --dataset "$d" --data "$DATA" >/dev/null
 done
 stamp "start commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
-$PY -m deepsim_edu experiment --preset default --data "$DATA" --out "$RUNS/seed_0" --seed 0 \
-  --jobs "$JOBS"
-stamp "seed 0 done"
+# a step stamped done in progress.txt is not run again (seed 0's registration checkpoints are
+# not carried between sessions: they are the released models, models/default)
+done_before() { grep -q " $1\$" "$RUNS/progress.txt" 2>/dev/null; }
+if ! done_before "seed 0 done"; then
+  $PY -m deepsim_edu experiment --preset default --data "$DATA" --out "$RUNS/seed_0" --seed 0 \
+    --jobs "$JOBS"
+  stamp "seed 0 done"
+fi
 for metric in deepsim ncc-sup; do
   $PY -m deepsim_edu sweep-lambda --dataset phc-u373 --metric "$metric" --preset default \
     --data "$DATA" --out "$RUNS/seed_0" --seed 0
