@@ -12,7 +12,8 @@ and writes ``out/provenance.json``::
 the input convention fed to it (``features.describe_vgg_weights``): the paper's torchvision
 weights on the unnormalised image, or our offline Keras/Caffe weights on their own input.
 
-``find_reference(preset)`` is how the book finds them: ``reference_results/<preset>/``.
+``find_reference(preset)`` is how the book finds them: ``reference_results/<preset>/`` of the
+repository, whatever the current directory (a chapter opened in ``book/`` finds them too).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from .features import describe_vgg_weights
 from .runs import write_json
 
-REFERENCE_ROOT = Path("reference_results")
+REFERENCE_ROOT = Path(__file__).resolve().parent.parent / "reference_results"  # the repository's
 SMALL_SUFFIXES = (".csv", ".json", ".md")
 
 

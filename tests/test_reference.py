@@ -1,6 +1,7 @@
 """Reference results: small files copied, checkpoints left out, provenance written and found."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,16 @@ def test_provenance_vgg_errors_leave_nothing_behind(tmp_path):
         export_reference(src, tmp_path / "out", preset="q", device="cpu", command="",
                          vgg=caffe, vgg_input="rgb_imagenet_normalised")  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_the_committed_reference_is_found_from_any_directory(tmp_path, monkeypatch):
+    """A chapter opened in book/ (or papermill run elsewhere) finds the repository's files."""
+    committed = Path(__file__).resolve().parent.parent / "reference_results" / "default"
+    monkeypatch.chdir(tmp_path)
+    found = find_reference("default")
+    if not (committed / "provenance.json").is_file():
+        assert found is None
+        return
+    folder, provenance = found
+    assert folder == committed
+    assert provenance == json.loads((committed / "provenance.json").read_text())
