@@ -14,8 +14,10 @@ pytest-xdist (``--dist loadfile``) builds the whole book in one worker, started 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
+from deepsim_edu import pretrained
 from deepsim_edu.book import REPO, toc_files
 from tests.test_book import (  # noqa: F401  (the checks, collected again for this file's book)
     Book,
@@ -47,3 +49,25 @@ def full_book() -> Book:
 @pytest.fixture(params=[pytest.param("full_book", marks=pytest.mark.slow)])
 def book(request) -> Book:
     return request.getfixturevalue(request.param)
+
+
+RELEASE = pretrained.RELEASES / pretrained.DEFAULT_RELEASE
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (RELEASE / pretrained.MANIFEST).is_file(), reason="no release committed")
+def test_released_nets_reproduce_their_manifest_in_chapter_8(full_book):
+    """Chapter 8 re-tests the released registration nets afresh on the embedded test sets
+    (``pretrained.released_results_root``); every per-pair test Dice it found is the one the
+    release's manifest lists, to 1e-3 (the extractors: ``tests/test_pretrained.py``)."""
+    manifest = pretrained.read_manifest(RELEASE)
+    found = list((full_book.stage.parent / "standalone").glob("08_*/**/released-default"))
+    assert len(found) == 1, found
+    nets = {k: e for k, e in manifest["models"].items() if e["kind"] == "registration"}
+    assert len(nets) == 15, sorted(nets)
+    for key, entry in nets.items():
+        rows = pd.read_csv(found[0] / key / "test_results.csv")
+        listed = pd.DataFrame(entry["test_pairs"])
+        assert rows[["moving", "fixed"]].astype(str).values.tolist() == \
+            listed[["moving", "fixed"]].astype(str).values.tolist(), key  # fmt: skip
+        assert (rows["dice"] - listed["dice"]).abs().max() <= 1e-3, key
