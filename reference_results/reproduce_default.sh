@@ -35,11 +35,15 @@ if ! done_before "seed 0 done"; then
     --jobs "$JOBS"
   stamp "seed 0 done"
 fi
-for metric in deepsim ncc-sup; do
-  $PY -m deepsim_edu sweep-lambda --dataset phc-u373 --metric "$metric" --preset default \
-    --data "$DATA" --out "$RUNS/seed_0" --seed 0
-done
-stamp "phc-u373 λ sweeps done"
+# once stamped done, only the selected λ's checkpoint of each sweep is carried (sweep.csv and
+# every λ's log stay): the sweep is not run again
+if ! done_before "phc-u373 λ sweeps done"; then
+  for metric in deepsim ncc-sup; do
+    $PY -m deepsim_edu sweep-lambda --dataset phc-u373 --metric "$metric" --preset default \
+      --data "$DATA" --out "$RUNS/seed_0" --seed 0
+  done
+  stamp "phc-u373 λ sweeps done"
+fi
 for seed in 1 2; do
   $PY -m deepsim_edu experiment --preset default --data "$DATA" --out "$RUNS/seed_$seed" \
     --seed "$seed" --datasets platelet-em phc-u373 --jobs "$JOBS"
