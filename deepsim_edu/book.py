@@ -22,11 +22,13 @@ up front, and each chapter gets its own empty ``results_dir`` under
 use is made once, from nothing, by the chapter that teaches it, and received by the others (they
 start when that chapter has finished, with hard links to what it made in their own empty
 folders): the embedded datasets by the data chapter (``GENERATE_DATA``), the Platelet-EM
-extractor by the extractor chapter (``RECEIVED_RUNS``; not to the results chapter, which trains
-its whole grid rather than wait). Real (converted) datasets in the
-build's ``data_dir``, or a partial build without the data chapter, are linked into every data
-folder up front instead. Chapters start longest first (``LONGEST_FIRST``) among those that can
-start, so that with ``jobs`` kernels the build does not end on one long chapter.
+extractor by the extractor chapter (``RECEIVED_RUNS``). The results chapter needs that extractor
+only after it has evaluated the released models, so it does not wait to start: it shares the
+extractor chapter's run folder (``SHARED_RUNS``, a symbolic link made before either starts;
+whichever reaches the run first trains it, the other waits and reuses it). Real (converted)
+datasets in the build's ``data_dir``, or a partial build without the data chapter, are linked
+into every data folder up front instead. Chapters start longest first (``LONGEST_FIRST``) among
+those that can start, so that with ``jobs`` kernels the build does not end on one long chapter.
 
 The page's download button (sphinx-book-theme, ``.ipynb``) serves the chapter's source
 notebook as committed, without outputs: the reader runs it and its widgets recompute live.
@@ -354,6 +356,23 @@ def _execute_chapters(
         raise errors[0]
 
 
+def _share_runs(
+    parameters: dict[str, dict], shared: dict[str, tuple[str, tuple[str, ...]]]
+) -> None:
+    """For each user → (maker, paths) of ``shared`` with both chapters in the build
+    (``parameters``: chapter → its parameters): the maker's run folders ``paths`` (under its
+    ``results_dir``) made empty, and the user's same paths made symbolic links to them."""
+    for user, (maker, paths) in shared.items():
+        if user not in parameters or maker not in parameters:
+            continue
+        for path in paths:
+            target = Path(REPO, parameters[maker]["results_dir"]).resolve() / path
+            target.mkdir(parents=True, exist_ok=True)
+            link = Path(REPO, parameters[user]["results_dir"]) / path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target, target_is_directory=True)
+
+
 def _link(maker: Path, receiver: Path, paths: tuple[str, ...]) -> None:
     """Hard-link the folders ``paths`` of ``maker`` into ``receiver`` (those that exist). The
     library never writes into a finished run or a complete dataset in place: every write is a
@@ -411,13 +430,20 @@ def _experiment(
 
 GENERATE_DATA = ("04_embedded_data",)  # standalone: these chapters generate their own data
 # standalone: the Platelet-EM feature extractor is trained from nothing by chapter 5 (the chapter
-# about training it) and received by the chapters that use it. Chapter 8, the longest, does not
-# wait for it: it trains its whole grid itself (all three extractors beside the registration runs
-# that need none), so that the build's longest chain is data chapter → chapter 8. The embedded
-# datasets are received in the same way from the chapter of GENERATE_DATA (see build_book).
+# about training it) and received by the chapters that use it. The embedded datasets are
+# received in the same way from the chapter of GENERATE_DATA (see build_book).
 RECEIVED_RUNS: Received = {
     stem: [("05_feature_extractor", "results_dir", ("platelet-em/segmentation",))]
     for stem in ("06_deepsim", "07_training", "10_instance_optimisation")
+}
+# standalone: run folders that a chapter shares with the chapter that makes them, instead of
+# waiting for it to end: a symbolic link to the maker's (empty) run folder, made before either
+# starts. Whichever chapter reaches the run first trains it; the other waits for it
+# (``runs.one_trainer``) and reuses it. Chapter 8, the longest, first evaluates the released
+# models (minutes) and needs chapter 5's extractor only for its own grid: it starts at once and
+# does not train the same net a second time. user → (maker, run folders under results_dir)
+SHARED_RUNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "08_results": ("05_feature_extractor", ("platelet-em/segmentation",)),
 }
 LONGEST_FIRST = ("08_results", "07_training", "10_instance_optimisation", "05_feature_extractor",
                  "06_deepsim", "04_embedded_data")  # fmt: skip
@@ -578,6 +604,8 @@ def build_book(
                     received.setdefault(source.stem, []).append(
                         (data_maker, "data_dir", REAL_DATASETS))
             chapters_to_run.append((source, target, own))
+        if standalone:
+            _share_runs({c[0].stem: c[2] for c in chapters_to_run}, SHARED_RUNS)
         _execute_chapters(_longest_first(chapters_to_run), kernel, jobs, received)
     finally:
         if old_path is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,7 @@ from .evaluate import evaluate_run
 from .runs import (
     checkpoint_path,
     load_checkpoint,
+    one_trainer,
     results_file,
     results_root,
     run_folder,
@@ -44,14 +46,25 @@ from .runs import (
 from .train import train_registration, train_segmentation
 
 
+def _held(run: Path):
+    """``runs.one_trainer(run)``; under torchrun (the processes of one run train it together)
+    no lock."""
+    return nullcontext(run) if current().distributed else one_trainer(run)
+
+
 def feature_extractor(
     dataset: str, preset: str, data_root: Path, root: Path, device: str, seed: int = 0
 ) -> Path:
-    """Train (or resume, or reuse) the segmentation net of ``dataset``; its checkpoint path."""
+    """Train (or resume, or reuse) the segmentation net of ``dataset``; its checkpoint path.
+
+    Another process training the same folder is waited for (``runs.one_trainer``), then its
+    run is reused or resumed. Under torchrun every process trains it together, without lock.
+    """
     run = segmentation_folder(root, dataset)
-    train_segmentation(
-        data_root, run, segmentation_config(dataset, preset, seed=seed), device=device
-    )
+    with _held(run):
+        train_segmentation(
+            data_root, run, segmentation_config(dataset, preset, seed=seed), device=device
+        )
     return checkpoint_path(run)
 
 
@@ -74,11 +87,12 @@ def run_one(
     extractor = None
     if metric == "deepsim":
         extractor = feature_extractor(dataset, preset, data_root, root, device, seed)
-    train_registration(data_root, run, config, device=device, extractor=extractor, vgg=vgg)
-    processes = current()  # under torchrun: rank 0 tests, the others wait
-    if test and processes.main and not results_file(run).exists():
-        evaluate_run(run, data_root, "test", processes.device(device))
-    processes.barrier()
+    with _held(run):  # another process training this folder is waited for, then reused
+        train_registration(data_root, run, config, device=device, extractor=extractor, vgg=vgg)
+        processes = current()  # under torchrun: rank 0 tests, the others wait
+        if test and processes.main and not results_file(run).exists():
+            evaluate_run(run, data_root, "test", processes.device(device))
+        processes.barrier()
     return run
 
 

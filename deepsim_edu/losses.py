@@ -292,7 +292,9 @@ class FeatureSimilarity(nn.Module):
     Eq. 2 sums the mean cosine similarity over the L levels (L at a perfect match); dividing by L
     and subtracting from 1 makes a loss in [0, 2] with optimum 0. ``extractor`` maps an image
     ``(B, 1, *spatial)`` to a list of feature maps; it is frozen: its weights get no gradient and
-    it runs in eval mode on every call. The fixed image's features are computed without a graph.
+    it runs in eval mode on every call. The fixed image's features are computed without a graph,
+    and kept for the next call while it gets the same fixed tensor, unchanged (``fixed_features``:
+    every Brain-MRI pair has the atlas as its fixed image).
     """
 
     def __init__(
@@ -317,12 +319,34 @@ class FeatureSimilarity(nn.Module):
     def features(self, image: Tensor) -> list[Tensor]:
         return self.extractor(image)
 
+    def fixed_features(self, fixed: Tensor) -> list[Tensor]:
+        """F(J) without a graph. Under ``torch.no_grad`` (validation, evaluation) the last fixed
+        image's features are kept and reused while the call gets a view of the same memory (the
+        same storage, offset, shape and strides, so the same values: the reference kept to it
+        stops that memory from being reused) that nothing has written to since (its version
+        counter), and the extractor's weights are unchanged. In training (a new batch at every
+        step) nothing is kept, so no memory is held between steps."""
+        if torch.is_grad_enabled():
+            self._fixed_kept = None
+            with torch.no_grad():
+                return self.features(fixed)
+        weights = self.extractor.state_dict(keep_vars=True).values()
+        key = (fixed.untyped_storage().data_ptr(), fixed.storage_offset(), tuple(fixed.shape),
+               fixed.stride(), fixed.dtype, fixed.device, fixed._version,
+               tuple(t._version for t in weights))  # fmt: skip
+        kept = getattr(self, "_fixed_kept", None)
+        if kept is not None and kept[0] == key:
+            return kept[2]
+        with torch.no_grad():
+            features = self.features(fixed)
+        self._fixed_kept = (key, fixed, features)  # the tensor itself: its memory stays taken
+        return features
+
     def similarity(self, warped: Tensor, fixed: Tensor) -> Tensor:
         """Eq. 2: Σ over the selected levels of the mean cosine similarity (= L when equal)."""
         check_pair(warped, fixed)
         self.extractor.eval()  # no dropout, BatchNorm uses its running statistics
-        with torch.no_grad():
-            fixed_features = self.features(fixed)
+        fixed_features = self.fixed_features(fixed)
         warped_features = self.features(warped)
         return sum(
             cosine_similarity_map(warped_features[level], fixed_features[level], self.eps).mean()

@@ -21,8 +21,12 @@ writes it again. Registering and scoring with a run's net is ``evaluate.py``.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +45,34 @@ SWEEP = "sweep"
 # the columns every reader of a results file needs, and those of a log.csv
 RESULT_COLUMNS = ("dataset", "metric", "moving", "fixed", "dice")
 LOG_COLUMNS = ("step", "val_dice")
+
+# ----------------------------------------------------------------------------- one trainer
+
+
+@contextmanager
+def one_trainer(run: str | Path) -> Iterator[Path]:
+    """Hold the run folder ``run`` for training: an exclusive lock (``flock``) on the folder.
+
+    A second process that trains the same folder (two chapters sharing one extractor, two
+    terminals, a grid started twice) waits here until the first one is done, and then finds
+    the run finished (and reuses it) or resumes it; two processes never write one run's
+    checkpoint in turn. ``run`` may be a symbolic link to the folder of another results root:
+    the lock is the folder's. A folder this call made and that is still empty at the end is
+    removed (a run that failed before writing anything leaves nothing behind). Under torchrun
+    the processes of a run train it together: use it around a whole run, not per process.
+    """
+    run = Path(run)
+    made = not run.exists()
+    run.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield run
+    finally:
+        os.close(fd)  # releases the lock
+        if made and run.is_dir() and not any(run.iterdir()):
+            run.rmdir()
+
 
 # ----------------------------------------------------------------------------- writing
 

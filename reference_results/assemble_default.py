@@ -18,6 +18,13 @@ on them and copies the small files (CSV/JSON; no checkpoints: those are the rele
 
     RUNS=... DATA=... bash reference_results/reproduce_default.sh
     python reference_results/assemble_default.py --runs RUNS --data DATA --wall-time-s S
+
+``--seeds-only``: seed 0's measurements stay as committed in ``--out`` (claims 1-4, convergence,
+the patch sweep: they need seed 0's registration checkpoints, which are the released models and
+not kept in RUNS); what is made again is what the other seeds add — ``seeds/seed_<s>/``,
+``seeds.csv``, ``seed_spread.csv``, ``seed_claims.csv`` — plus seed 0's small files that the
+committed folder does not have yet (the PhC-U373 λ sweeps), and the provenance's notes, wall
+time and the run's ``progress.txt`` (which commit trained which part).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepsim_edu import claims, convergence, features, reference, reproduction, robustness, stats
-from deepsim_edu.runs import write_csv
+from deepsim_edu.runs import write_csv, write_json
 
 HERE = Path(__file__).resolve().parent
 COMMAND = (
@@ -64,6 +71,55 @@ def measure(root: Path, data: str, sweep_data: Path) -> dict[str, pd.DataFrame]:
     return {**measured, "convergence": learning, "verdicts": verdicts}
 
 
+def seed_files(roots: dict[int, Path], root: Path) -> None:
+    """``root/seeds/seed_<s>/`` (the small files of every seed but 0, made anew) and the seed
+    tables: ``seeds.csv``, ``seed_spread.csv``, ``seed_claims.csv``."""
+    shutil.rmtree(root / "seeds", ignore_errors=True)
+    for seed, other in roots.items():
+        if seed != 0:
+            _copy_small(other, root / "seeds" / f"seed_{seed}")
+    table = reproduction.seed_table(roots)
+    write_csv(root / "seeds.csv", _records(table))
+    write_csv(root / "seed_spread.csv", _records(reproduction.seed_spread(table)))
+    write_csv(root / "seed_claims.csv", _records(reproduction.claims_by_seed(roots)))
+
+
+def _copy_small(src: Path, out: Path, overwrite: bool = True) -> list[Path]:
+    """The CSV/JSON files of ``src`` into ``out`` at the same relative paths; those copied."""
+    copied = []
+    for path in sorted(src.rglob("*")):
+        target = out / path.relative_to(src)
+        if path.is_file() and path.suffix in reference.SMALL_SUFFIXES and (
+                overwrite or not target.exists()):  # fmt: skip
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            copied.append(target)
+    return copied
+
+
+def seeds_only(runs: Path, out: Path, wall_time_s: float, notes: str) -> None:
+    """``--seeds-only``: the committed ``out`` with the other seeds added (module docstring)."""
+    roots = reproduction.seed_roots(runs)
+    provenance = json.loads((out / "provenance.json").read_text())
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        shutil.copytree(out, staged)
+        added = _copy_small(roots[0], staged, overwrite=False)  # seed 0's measured files stay
+        seed_files(roots, staged)
+        progress = runs / "progress.txt"
+        provenance["progress"] = progress.read_text().splitlines() if progress.is_file() else []
+        provenance["seeds"] = sorted(roots)
+        provenance["wall_time_s"] = round((provenance.get("wall_time_s") or 0) + wall_time_s)
+        provenance["notes"] = (f"{notes} Seeds {sorted(roots)} (seed 0's measurements as "
+                               f"committed before; the seeds added by --seeds-only).").strip()
+        write_json(staged / "provenance.json", provenance)
+        old = Path(tmp) / "old"
+        out.rename(old)
+        staged.rename(out)
+    print(f"added {len(added)} files of seed 0; seeds {sorted(roots)}; wrote {out}")
+    print(reproduction.seed_spread(reproduction.seed_table(roots)).round(4).to_string(index=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", required=True, help="the run's folder of seed_<s>/ roots")
@@ -74,7 +130,12 @@ def main() -> None:
     parser.add_argument("--notes", default="")
     parser.add_argument("--commit", default=None,
                         help="commit the runs were trained at (default: the checked-out one)")
+    parser.add_argument("--seeds-only", action="store_true",
+                        help="keep seed 0's committed measurements in --out; add the seeds")
     args = parser.parse_args()
+    if args.seeds_only:
+        seeds_only(Path(args.runs), Path(args.out), args.wall_time_s, args.notes)
+        return
     roots = reproduction.seed_roots(args.runs)
     vgg = features.vgg_weights_path(args.data)
     vgg_configs = sorted(roots[0].glob("*/vgg/config.json"))
@@ -86,15 +147,8 @@ def main() -> None:
         # seed 0 with its checkpoints (hard links: claims and the patch sweep run its nets; the
         # export below copies only the small files)
         shutil.copytree(roots[0], root, copy_function=os.link)
-        for seed, other in roots.items():
-            if seed != 0:
-                shutil.copytree(other, root / "seeds" / f"seed_{seed}",
-                                ignore=shutil.ignore_patterns("*.pt"))  # fmt: skip
         measured = measure(root, args.data, Path(tmp) / "patch_data")
-        table = reproduction.seed_table(roots)
-        write_csv(root / "seeds.csv", _records(table))
-        write_csv(root / "seed_spread.csv", _records(reproduction.seed_spread(table)))
-        write_csv(root / "seed_claims.csv", _records(reproduction.claims_by_seed(roots)))
+        seed_files(roots, root)
         seconds = sum(pd.read_csv(log)["seconds"].sum() for r in roots.values()
                       for log in r.rglob("log.csv"))  # fmt: skip
         staged = Path(tmp) / "export"

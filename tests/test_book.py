@@ -556,6 +556,48 @@ def test_a_receiving_chapter_starts_after_its_maker_with_links_to_its_run(tmp_pa
                                 "receiver": [("maker", "results_dir", ())]})  # fmt: skip
 
 
+def test_a_sharing_chapter_starts_at_once_and_trains_nothing_its_maker_trains(
+    tmp_path, monkeypatch
+):
+    """``SHARED_RUNS``: the user's run folder is a link to the maker's; both start side by side,
+    the one that reaches the run second waits (``runs.one_trainer``) and finds it trained; a
+    chapter missing from the build shares nothing."""
+    import threading
+    import time
+
+    from deepsim_edu import book
+    from deepsim_edu.runs import one_trainer
+
+    trained, lock = [], threading.Lock()
+
+    def fake_execute(source, target, parameters, kernel):
+        if source.stem == "user":
+            time.sleep(0.2)  # reaches the run while the maker trains it
+        with one_trainer(Path(parameters["results_dir"]) / "d" / "run") as run:
+            if not (run / "checkpoint.pt").is_file():
+                time.sleep(0.5)
+                (run / "checkpoint.pt").write_text(source.stem)
+                with lock:
+                    trained.append(source.stem)
+        return 0.0
+
+    monkeypatch.setattr(book, "execute_chapter", fake_execute)
+    chapters = []
+    for stem in ("maker", "user"):
+        (tmp_path / stem).mkdir()
+        chapters.append((Path(f"{stem}.ipynb"), Path(f"out/{stem}.ipynb"),
+                         {"results_dir": str(tmp_path / stem)}))  # fmt: skip
+    shared = {"user": ("maker", ("d/run",)), "absent": ("maker", ("d/other",))}
+    book._share_runs({c[0].stem: c[2] for c in chapters}, shared)
+    assert (tmp_path / "user" / "d" / "run").resolve() == (tmp_path / "maker" / "d" / "run")
+    started = time.monotonic()
+    book._execute_chapters(chapters, "python3", 2)
+    assert trained == ["maker"]
+    assert (tmp_path / "user" / "d" / "run" / "checkpoint.pt").read_text() == "maker"
+    assert time.monotonic() - started < 1.0  # side by side: 0.5 s of training, not 1 s
+    assert not (tmp_path / "maker" / "d" / "other").exists()
+
+
 MAKES_DATA_CELL = (
     "import json\nfrom pathlib import Path\n"
     "folder = Path(data_dir) / 'platelet-em'\nfolder.mkdir()\n"

@@ -5,7 +5,8 @@ results and data folders (``_build/standalone/<chapter>/``), so this build prove
 chapter trains the runs it shows by itself, as from a fresh clone. Two things are made once,
 from nothing, by the chapter that teaches them and handed to the chapters that use them: the
 embedded datasets (chapter 4) and the Platelet-EM extractor (chapter 5; hard-linked into
-chapters 6, 7 and 10: ``book.RECEIVED_RUNS``; chapter 8 trains its whole grid). (``make run``
+chapters 6, 7 and 10: ``book.RECEIVED_RUNS``; shared with chapter 8, which starts beside it:
+``book.SHARED_RUNS``). (``make run``
 builds the whole experiment first and shares it.) The page checks are those of ``test_book.py``
 (imported, so pytest runs them here on this file's ``book``); a file of its own so that
 pytest-xdist (``--dist loadfile``) builds the whole book in one worker, started first

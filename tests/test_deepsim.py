@@ -149,3 +149,39 @@ def test_vgg_loss_uses_the_same_cosine_formula(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="python -m data_scripts.vgg16_weights"):
         get_loss("vgg", vgg=str(tmp_path / "vgg16_conv.pt"))
+
+
+def test_fixed_features_are_reused_only_for_the_same_unchanged_fixed_image():
+    """Under no_grad the fixed image's features are computed once per fixed tensor: a view of
+    the same memory reuses them, new values, an in-place write or new weights do not; the
+    similarity equals the one computed from scratch each time."""
+    from deepsim_edu.losses import DeepSimLoss
+    from deepsim_edu.unet import segmentation_unet
+
+    torch.manual_seed(0)
+    extractor = segmentation_unet(2, 3, (4, 8, 8))
+    loss = DeepSimLoss(extractor)
+    calls = []
+    encode = extractor.encode
+    extractor.encode = lambda x: calls.append(x.shape) or encode(x)
+    atlas, warped = torch.rand(1, 16, 16), torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        first = loss(warped, atlas[None])
+        again = loss(warped, atlas[None])  # a new view of the same memory
+        assert len(calls) == 3 and again == first  # F(J) once, F(I∘Φ) twice
+        other = loss(warped, atlas[None].clone())  # same values, other memory: computed
+        assert len(calls) == 5 and torch.isclose(other, first)
+        atlas.mul_(0.5)  # written in place: computed again, and it matters
+        halved = loss(warped, atlas[None])
+        assert len(calls) == 7
+        fresh = DeepSimLoss(segmentation_unet(2, 3, (4, 8, 8)))
+        fresh.extractor.load_state_dict(extractor.state_dict())
+        assert torch.isclose(halved, fresh(warped, atlas[None]))
+        with torch.no_grad():
+            for p in extractor.parameters():
+                p.mul_(1.1)  # new weights: computed again
+        loss(warped, atlas[None])
+        assert len(calls) == 9
+    u = torch.zeros(1, 1, 16, 16, requires_grad=True)
+    loss(warped + u, atlas[None])  # training: nothing kept between steps
+    assert loss._fixed_kept is None and len(calls) == 11

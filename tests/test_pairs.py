@@ -113,3 +113,29 @@ def test_a_dataset_with_a_path_as_case_id_cannot_be_opened(tmp_path):
     (tmp_path / "dataset.json").write_text(raw)
     with pytest.raises(DatasetError, match=r"case id '../../etc/passwd' in split 'test' contains"):
         PairDataset(tmp_path, "test")
+
+
+def test_a_dataset_that_passed_is_not_read_again_until_a_file_changes(tmp_path, monkeypatch):
+    """``CaseStore.check`` of a dataset that passed in this process reads no file while none
+    changed; a file rewritten (or removed) after the pass is checked again and named."""
+    from deepsim_edu.data import layout
+
+    info = series_info(2)
+    rng = np.random.default_rng(1)
+    for case in info.cases():
+        write_case(tmp_path, case, rng.random((8, 8)).astype(np.float32),
+                   rng.integers(0, 2, (8, 8)), [1, 1])  # fmt: skip
+    write_dataset_json(tmp_path, info)
+    first = CaseStore(tmp_path).check(keep=("test",))
+    reads = []
+    monkeypatch.setattr(layout, "_read_image", lambda *a: reads.append(a) or np.zeros((8, 8)))
+    store = CaseStore(tmp_path)
+    assert store.check(keep=("test",)) is first and reads == []
+    assert store["test_00"][0].shape == (1, 8, 8)  # read when used, from the file
+    monkeypatch.undo()
+    (tmp_path / "images" / "val_01.nii.gz").write_bytes(b"not a NIfTI file")
+    with pytest.raises(DatasetError, match="images/val_01.nii.gz"):
+        CaseStore(tmp_path).check(keep=("test",))
+    (tmp_path / "labels" / "val_01.nii.gz").unlink()
+    with pytest.raises(DatasetError, match="labels/val_01.nii.gz: file is missing"):
+        CaseStore(tmp_path).check(keep=("test",))

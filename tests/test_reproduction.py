@@ -72,3 +72,46 @@ def test_patch_sweep_verdicts():
     verdicts = patch_sweep_verdicts(summary).set_index("patch_strength")
     assert verdicts.loc[0.0, "smoother"] and not verdicts.loc[0.0, "as_accurate"]
     assert not verdicts.loc[0.0, "holds"] and verdicts.loc[1.0, "holds"]
+
+
+def test_seeds_only_assembly_adds_seeds_and_keeps_seed_0s_measurements(tmp_path):
+    """``assemble_default.py --seeds-only`` on hand-made seed roots and a committed folder:
+    seed 0's measured files stay byte for byte, the seeds' tables are the hand-computed means,
+    the other seeds' small files (no checkpoint) and seed 0's new ones (a sweep) are added."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "reference_results" / "assemble_default.py"
+    spec = importlib.util.spec_from_file_location("assemble_default", path)
+    assemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(assemble)
+    runs = tmp_path / "runs"
+    for seed, shift in ((0, 0.0), (1, 0.03), (2, -0.03)):
+        root = runs / f"seed_{seed}"
+        results(root, "phc-u373", "deepsim", [0.8 + shift, 0.9 + shift])
+        results(root, "phc-u373", "ncc-sup", [0.85, 0.86])
+        (root / "phc-u373" / "deepsim" / "checkpoint.pt").write_bytes(b"weights")
+    write_csv(runs / "seed_0" / "phc-u373" / "deepsim" / "sweep.csv", [{"lam": 0.25}])
+    (runs / "progress.txt").write_text("t0 start commit abc\nt1 2D seed 2 done\n")
+    out = tmp_path / "reference" / "default"
+    results(out, "phc-u373", "deepsim", [0.8, 0.9])
+    (out / "claims.csv").write_text("claim,holds\n4,False\n")  # measured on seed 0's nets
+    (out / "provenance.json").write_text(json.dumps({"preset": "default", "wall_time_s": 100}))
+    before = (out / "claims.csv").read_bytes()
+    assemble.seeds_only(runs, out, wall_time_s=50, notes="Third run.")
+    assert (out / "claims.csv").read_bytes() == before
+    assert (out / "phc-u373" / "deepsim" / "sweep.csv").is_file()  # seed 0's, added
+    assert (out / "seeds" / "seed_2" / "phc-u373" / "deepsim" / "test_results.csv").is_file()
+    assert not list(out.rglob("*.pt")) and not (out / "seeds" / "seed_0").exists()
+    spread = pd.read_csv(out / "seed_spread.csv").set_index("metric")
+    assert spread.loc["deepsim", "dice"] == pytest.approx(0.85)  # mean of 0.85, 0.88, 0.82
+    assert spread.loc["deepsim", "sd_seeds"] == pytest.approx(0.03)
+    assert spread.loc["ncc-sup", "seeds"] == 3
+    claims = pd.read_csv(out / "seed_claims.csv")
+    wins = claims[claims.claim == 1].set_index("seed")["holds"]
+    assert wins.to_dict() == {0: False, 1: True, 2: False}  # 0.85 vs 0.855; 0.88; 0.82
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["seeds"] == [0, 1, 2] and provenance["wall_time_s"] == 150
+    assert provenance["progress"][-1] == "t1 2D seed 2 done"
+    assert not [p for p in out.parent.iterdir() if p.name != "default"]  # no staging left

@@ -187,3 +187,48 @@ def test_sweep_table_merges_run_folders_and_sweep_csv(tmp_path):
     assert runs.sweep_table(folder / "sweep")["selected"].tolist() == [True, False]
     with pytest.raises(FileNotFoundError, match="no λ-sweep runs"):
         runs.sweep_table(tmp_path)
+
+
+def test_one_trainer_makes_a_second_trainer_wait_also_through_a_link(tmp_path):
+    """Two holders of one run folder, the second through a symbolic link (a chapter sharing
+    another's extractor): the second gets in only after the first has let go."""
+    import threading
+    import time
+
+    from deepsim_edu.runs import one_trainer
+
+    run, link = tmp_path / "a" / "platelet-em" / "segmentation", tmp_path / "b" / "segmentation"
+    events = []
+    with one_trainer(run):
+        link.parent.mkdir()
+        link.symlink_to(run)
+
+        def second():
+            with one_trainer(link):
+                events.append(("second in", time.monotonic()))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(0.5)
+        assert events == []  # still waiting
+        (run / "checkpoint.pt").write_bytes(b"finished")
+        events.append(("first out", time.monotonic()))
+    thread.join(10)
+    assert [e for e, _ in events] == ["first out", "second in"]
+    assert (link / "checkpoint.pt").read_bytes() == b"finished"  # what the first one left
+
+
+def test_one_trainer_removes_only_an_empty_folder_it_made(tmp_path):
+    from deepsim_edu.runs import one_trainer
+
+    with pytest.raises(RuntimeError, match="failed before writing"):
+        with one_trainer(tmp_path / "new" / "run"):
+            raise RuntimeError("failed before writing")
+    assert not (tmp_path / "new" / "run").exists()
+    (tmp_path / "old").mkdir()
+    with one_trainer(tmp_path / "old"):
+        pass
+    assert (tmp_path / "old").is_dir()  # there before: kept, even empty
+    with one_trainer(tmp_path / "kept") as run:
+        (run / "config.json").write_text("{}")
+    assert (tmp_path / "kept" / "config.json").is_file()

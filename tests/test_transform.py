@@ -176,3 +176,17 @@ def test_nan_and_bad_mode_raise():
         warp(torch.rand(1, 1, 8, 8), torch.zeros(1, 2, 8, 8), mode="cubic")
     with pytest.raises(ValueError, match="nearest"):
         warp(torch.zeros(1, 1, 8, 8, dtype=torch.long), torch.zeros(1, 2, 8, 8))
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_determinant_equals_numpy_on_random_and_singular_matrices(n):
+    from deepsim_edu.transform import determinant
+
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(5, 7, n, n))
+    a[0, 0] = 0.0
+    a[0, 1, -1] = a[0, 1, 0]  # two equal rows: det 0
+    np.testing.assert_allclose(determinant(torch.from_numpy(a)).numpy(), np.linalg.det(a),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    with pytest.raises(ValueError, match=r"\(\.\.\., 2, 2\) or \(\.\.\., 3, 3\)"):
+        determinant(torch.zeros(4, 4))

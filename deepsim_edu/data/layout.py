@@ -628,6 +628,31 @@ def _collect(problems: list[str], read: Callable, *args):
         return None
 
 
+# root → (the files' state when it was checked, the report): a dataset whose files are as they
+# were when it passed is not read again in this process (``checked_before``)
+_PASSED: dict[Path, tuple[tuple, DatasetReport]] = {}
+
+
+def _files_state(root: Path) -> tuple:
+    """(path, inode, size, mtime_ns) of every file under ``root``, sorted: any write changes it
+    (the library writes a new file and moves it into place, which also changes the inode)."""
+    state = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            st = os.stat(path)
+            state.append((path, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(state))
+
+
+def checked_before(root: str | Path) -> DatasetReport | None:
+    """The report of this process's last ``check_dataset(root)`` that passed, if no file under
+    ``root`` was added, removed or written since; else None (the dataset must be checked)."""
+    root = Path(root).resolve()
+    passed = _PASSED.get(root)
+    return passed[1] if passed is not None and passed[0] == _files_state(root) else None
+
+
 def check_dataset(
     root: str | Path, keep: Callable[[str, np.ndarray, np.ndarray], None] | None = None
 ) -> DatasetReport:
@@ -645,6 +670,7 @@ def check_dataset(
     file at fault, one line each.
     """
     started, root = time.perf_counter(), Path(root)
+    state = _files_state(root.resolve()) if root.is_dir() else None
     info = load_info(root)
     problems: list[str] = []
     cases, shapes = {}, {}
@@ -669,7 +695,9 @@ def check_dataset(
     problems += _shape_problems(root, info, shapes)
     if problems:
         raise DatasetError(_problem_list(root, problems))
-    return DatasetReport(root, info, cases, optional, time.perf_counter() - started)
+    report = DatasetReport(root, info, cases, optional, time.perf_counter() - started)
+    _PASSED[root.resolve()] = (state, report)
+    return report
 
 
 def _shape_problems(root: Path, info: DatasetInfo, shapes: dict[str, tuple[int, ...]]) -> list[str]:

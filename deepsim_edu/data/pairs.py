@@ -22,6 +22,7 @@ from .layout import (
     DatasetInfo,
     DatasetReport,
     check_dataset,
+    checked_before,
     load_info,
     read_case,
 )
@@ -81,9 +82,13 @@ class CaseStore:
     def check(self, keep: tuple[str, ...] = SPLITS) -> DatasetReport:
         """Check every file of the dataset (``layout.check_dataset``; one DatasetError naming
         every file at fault) and keep in memory the cases of the splits ``keep`` (and the
-        atlas), so that what the check read is not read again."""
+        atlas), so that what the check read is not read again. A dataset that passed the check
+        in this process and whose files have not changed since is not read again
+        (``layout.checked_before``); its cases are then read when first used."""
         for split in keep:
             _check_split(split)
+        if (report := checked_before(self.root)) is not None:
+            return report  # passed in this process, no file changed since: cases read on use
         wanted = {case for split in keep for case in self.info.splits[split]}
         wanted.add(self.info.atlas)
 
