@@ -7,7 +7,7 @@ A multi-seed run keeps one results root per seed, ``<runs>/seed_<s>/`` (each the
   pairs; ``seed_spread`` — per dataset × metric the mean over seeds, the sd across seeds and
   the mean sd across pairs, side by side (which varies more: seeds or pairs?);
 * ``claims_by_seed`` — claims 1 and 2 (``claims.best_mean_dice``, ``claims.significance``) on
-  every seed;
+  every seed; ``seed_verdicts`` — their verdict per dataset, a column per seed;
 * ``patch_sweep_verdicts`` — claim 4 on the patch-strength sweep
   (``robustness.summarize_patch_sweep``): at each strength, is DeepSim both smoother inside
   the patches (less or equal folding and a smaller mean |∇u|) and at least as accurate there
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import REFERENCE, best_mean_dice, significance
+from .claims import REFERENCE, best_mean_dice, claim_summary, significance
 from .runs import load_results
 
 SEED_FOLDER = re.compile(r"seed_(\d+)")
@@ -65,6 +65,20 @@ def claims_by_seed(roots: dict[int, Path]) -> pd.DataFrame:
         results = load_results(root)
         rows += [{**r, "seed": seed} for r in best_mean_dice(results) + significance(results)]
     return pd.DataFrame(rows)
+
+
+def seed_verdicts(by_seed: pd.DataFrame) -> pd.DataFrame:
+    """Claims 1 and 2 per dataset, one column per seed, from ``claims_by_seed``: each seed's
+    verdict as ``claims.claim_summary`` gives it for one run ("holds", "does not hold",
+    "partly (k/n)": of DeepSim's comparisons with the baselines), and ``seeds holding`` (of
+    how many seeds the claim holds against every baseline)."""
+    verdicts = pd.concat([claim_summary(rows).assign(seed=seed)
+                          for seed, rows in by_seed.groupby("seed")])  # fmt: skip
+    table = verdicts.pivot(index=["claim", "dataset"], columns="seed", values="verdict")
+    table.columns = [f"seed {s}" for s in table.columns]
+    held = verdicts.groupby(["claim", "dataset"])["verdict"]
+    table["seeds holding"] = [f"{(v == 'holds').sum()}/{len(v)}" for _, v in held]
+    return table.fillna("–")
 
 
 def patch_sweep_verdicts(summary: pd.DataFrame) -> pd.DataFrame:

@@ -12,6 +12,7 @@ from deepsim_edu.reproduction import (
     seed_roots,
     seed_spread,
     seed_table,
+    seed_verdicts,
 )
 from deepsim_edu.runs import write_csv
 
@@ -40,6 +41,8 @@ def test_seed_tables(tmp_path):
     claims = claims_by_seed(roots)
     delta = claims[(claims.claim == 1) & (claims.seed == 1)]["value"].item()
     assert delta == pytest.approx(0.87 - 0.75) and claims[claims.claim == 1]["holds"].all()
+    verdicts = seed_verdicts(claims).loc[(1, "platelet-em")]
+    assert verdicts["seed 0"] == "holds" and verdicts["seeds holding"] == "2/2"
     with pytest.raises(FileNotFoundError, match="no seed_<s>"):
         seed_roots(tmp_path / "notes")
 
@@ -111,6 +114,9 @@ def test_seeds_only_assembly_adds_seeds_and_keeps_seed_0s_measurements(tmp_path)
     claims = pd.read_csv(out / "seed_claims.csv")
     wins = claims[claims.claim == 1].set_index("seed")["holds"]
     assert wins.to_dict() == {0: False, 1: True, 2: False}  # 0.85 vs 0.855; 0.88; 0.82
+    verdicts = seed_verdicts(claims).loc[(1, "phc-u373")]
+    assert verdicts["seed 1"] == "holds" and verdicts["seed 2"] == "does not hold"
+    assert verdicts["seeds holding"] == "1/3"
     provenance = json.loads((out / "provenance.json").read_text())
     assert provenance["seeds"] == [0, 1, 2] and provenance["wall_time_s"] == 150
     assert provenance["progress"][-1] == "t1 2D seed 2 done"
