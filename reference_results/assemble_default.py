@@ -40,7 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from deepsim_edu import claims, convergence, features, reference, reproduction, robustness, stats
-from deepsim_edu.runs import write_csv, write_json
+from deepsim_edu.runs import training_finished, write_csv, write_json
 
 HERE = Path(__file__).resolve().parent
 COMMAND = (
@@ -72,12 +72,16 @@ def measure(root: Path, data: str, sweep_data: Path) -> dict[str, pd.DataFrame]:
 
 
 def seed_files(roots: dict[int, Path], root: Path) -> None:
-    """``root/seeds/seed_<s>/`` (the small files of every seed but 0, made anew) and the seed
-    tables: ``seeds.csv``, ``seed_spread.csv``, ``seed_claims.csv``."""
+    """``root/seeds/seed_<s>/`` (the small files of every finished run of every seed but 0,
+    made anew; a run still training is left out) and the seed tables: ``seeds.csv``,
+    ``seed_spread.csv``, ``seed_claims.csv``."""
     shutil.rmtree(root / "seeds", ignore_errors=True)
     for seed, other in roots.items():
-        if seed != 0:
-            _copy_small(other, root / "seeds" / f"seed_{seed}")
+        if seed == 0:
+            continue
+        for run in sorted(other.glob("*/*/")):
+            if training_finished(run):
+                _copy_small(run, root / "seeds" / f"seed_{seed}" / run.relative_to(other))
     table = reproduction.seed_table(roots)
     write_csv(root / "seeds.csv", _records(table))
     write_csv(root / "seed_spread.csv", _records(reproduction.seed_spread(table)))

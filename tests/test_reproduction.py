@@ -14,7 +14,7 @@ from deepsim_edu.reproduction import (
     seed_table,
     seed_verdicts,
 )
-from deepsim_edu.runs import write_csv
+from deepsim_edu.runs import save_checkpoint, write_csv
 
 
 def results(root, dataset, metric, dices):
@@ -94,7 +94,11 @@ def test_seeds_only_assembly_adds_seeds_and_keeps_seed_0s_measurements(tmp_path)
         root = runs / f"seed_{seed}"
         results(root, "phc-u373", "deepsim", [0.8 + shift, 0.9 + shift])
         results(root, "phc-u373", "ncc-sup", [0.85, 0.86])
-        (root / "phc-u373" / "deepsim" / "checkpoint.pt").write_bytes(b"weights")
+        for metric in ("deepsim", "ncc-sup"):
+            save_checkpoint(root / "phc-u373" / metric / "checkpoint.pt", {"finished": True})
+    write_csv(runs / "seed_1" / "brain-mri" / "segmentation" / "log.csv", [{"step": 10}])
+    save_checkpoint(runs / "seed_1" / "brain-mri" / "segmentation" / "checkpoint.pt",
+                    {"finished": False})  # still training: left out
     write_csv(runs / "seed_0" / "phc-u373" / "deepsim" / "sweep.csv", [{"lam": 0.25}])
     (runs / "progress.txt").write_text("t0 start commit abc\nt1 2D seed 2 done\n")
     out = tmp_path / "reference" / "default"
@@ -107,6 +111,7 @@ def test_seeds_only_assembly_adds_seeds_and_keeps_seed_0s_measurements(tmp_path)
     assert (out / "phc-u373" / "deepsim" / "sweep.csv").is_file()  # seed 0's, added
     assert (out / "seeds" / "seed_2" / "phc-u373" / "deepsim" / "test_results.csv").is_file()
     assert not list(out.rglob("*.pt")) and not (out / "seeds" / "seed_0").exists()
+    assert not (out / "seeds" / "seed_1" / "brain-mri").exists()
     spread = pd.read_csv(out / "seed_spread.csv").set_index("metric")
     assert spread.loc["deepsim", "dice"] == pytest.approx(0.85)  # mean of 0.85, 0.88, 0.82
     assert spread.loc["deepsim", "sd_seeds"] == pytest.approx(0.03)
