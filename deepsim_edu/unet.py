@@ -163,6 +163,8 @@ class UNet(nn.Module):
             last = self.head[-1]
             nn.init.normal_(last.weight, mean=0.0, std=1e-5)
             nn.init.zeros_(last.bias)
+        # the convolution weights in the channels-last memory layout (``channels_last``)
+        self.to(memory_format=torch.channels_last if ndim == 2 else torch.channels_last_3d)
 
     def check_input(self, x: Tensor) -> None:
         """Raise ValueError unless ``x`` is ``(B, in_channels, *spatial)`` with usable sizes."""
@@ -186,6 +188,7 @@ class UNet(nn.Module):
         These are DeepSim's feature maps F_l when this is the trained segmentation net.
         """
         self.check_input(x)
+        x = channels_last(x)
         features = []
         for stage in self.encoder:
             x = self._run(stage, x)
@@ -201,14 +204,29 @@ class UNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_channels, *spatial)`` → ``(B, out_channels, *spatial)``."""
         features = self.encode(x)
-        skips = [x] + features[:-1]  # activations at S, S/2, S/4, ... to concatenate
+        skips = [channels_last(x)] + features[:-1]  # activations at S, S/2, S/4, ... to concatenate
         mode = "bilinear" if self.ndim == 2 else "trilinear"
         y = features[-1]
         for stage in self.decoder:
             y = self._run(stage, y)
             y = F.interpolate(y, scale_factor=2, mode=mode, align_corners=False)
             y = torch.cat([y, skips.pop()], dim=1)  # (B, c_dec + c_skip, *finer spatial)
-        return self._run(self.head, y)
+        return self._run(self.head, y).contiguous()  # the usual layout for what follows
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """``x`` in the channels-last memory layout on a CPU (the same values and shape; only the
+    order in memory changes); as it is on other devices.
+
+    The U-Net keeps its convolution weights in that layout, and every activation follows them:
+    oneDNN's CPU convolutions run about 1.6× faster on it for our nets, in a 2D training step
+    and a 3D forward pass (``bench/unet_layout.py``). The values agree with the usual layout up
+    to float rounding (another order of summation). ``UNet.forward`` returns the usual layout.
+    """
+    if x.device.type != "cpu" or x.dim() not in (4, 5):
+        return x
+    layout = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+    return x.contiguous(memory_format=layout)
 
 
 def registration_unet(ndim: int, encoder_channels: Sequence[int] = (64, 128, 256), **kw) -> UNet:
