@@ -21,7 +21,6 @@ writes it again. Registering and scoring with a run's net is ``evaluate.py``.
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import json
 import os
@@ -31,6 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so run folders are not locked there (one_trainer)
+    fcntl = None
 
 from .config import METRICS, check_metric
 from .data.layout import DATASET_NAMES, atomic_write_bytes, check_dataset_name
@@ -59,17 +63,20 @@ def one_trainer(run: str | Path) -> Iterator[Path]:
     checkpoint in turn. ``run`` may be a symbolic link to the folder of another results root:
     the lock is the folder's. A folder this call made and that is still empty at the end is
     removed (a run that failed before writing anything leaves nothing behind). Under torchrun
-    the processes of a run train it together: use it around a whole run, not per process.
+    the processes of a run train it together: use it around a whole run, not per process. On
+    Windows (no ``flock``) nothing is locked.
     """
     run = Path(run)
     made = not run.exists()
     run.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run, os.O_RDONLY)
+    fd = os.open(run, os.O_RDONLY) if fcntl is not None else None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield run
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
         if made and run.is_dir() and not any(run.iterdir()):
             run.rmdir()
 
