@@ -315,6 +315,7 @@ class FeatureSimilarity(nn.Module):
         self.levels = list(levels)
         for p in self.extractor.parameters():
             p.requires_grad_(False)
+        self._fixed_kept = None  # (key, fixed tensor, its features): see fixed_features
 
     def features(self, image: Tensor) -> list[Tensor]:
         return self.extractor(image)
@@ -334,7 +335,7 @@ class FeatureSimilarity(nn.Module):
         key = (fixed.untyped_storage().data_ptr(), fixed.storage_offset(), tuple(fixed.shape),
                fixed.stride(), fixed.dtype, fixed.device, fixed._version,
                tuple(t._version for t in weights))  # fmt: skip
-        kept = getattr(self, "_fixed_kept", None)
+        kept = self._fixed_kept
         if kept is not None and kept[0] == key:
             return kept[2]
         with torch.no_grad():
