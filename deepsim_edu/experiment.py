@@ -182,7 +182,8 @@ def sweep_lambda(
     """Train one run per λ and pick λ by the best validation Dice, as the paper did.
 
     Default grid: the paper's λ for this dataset × metric times 2^k, k = -2 .. 2 (a log2 grid).
-    Writes ``<root>/<dataset>/<metric>/sweep.csv`` (λ, best and last validation Dice).
+    Writes ``<root>/<dataset>/<metric>/sweep.csv`` (λ, best and last validation Dice, the run
+    folder relative to the results root).
     """
     base = PAPER_LAMBDA[dataset][metric]
     grid = grid if grid is not None else [base * 2.0**k for k in range(-2, 3)]
@@ -193,7 +194,8 @@ def sweep_lambda(
         run_one(dataset, metric, preset, data, out, device, lam, run, vgg, seed, test=False)
         log = load_checkpoint(checkpoint_path(run))["log"]
         rows.append({"lam": lam, "best_val_dice": max(r["val_dice"] for r in log),
-                     "last_val_dice": log[-1]["val_dice"], "run": str(run)})  # fmt: skip
+                     "last_val_dice": log[-1]["val_dice"],
+                     "run": run.relative_to(root).as_posix()})  # the table moves with its root
     table = pd.DataFrame(rows)
     table["selected"] = table.index == table["best_val_dice"].idxmax()  # ties: the first λ
     write_csv(sweep_csv(root, dataset, metric), table.to_dict("records"))

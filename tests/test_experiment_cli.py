@@ -82,6 +82,7 @@ def test_sweep_lambda_picks_best_validation_dice(data, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     table = pd.read_csv(tmp_path / "phc-u373" / "mse" / "sweep.csv")
     assert table["lam"].tolist() == [0.01, 100.0] and table["selected"].sum() == 1
+    assert table["run"].tolist() == ["phc-u373/mse/sweep/lam_0.01", "phc-u373/mse/sweep/lam_100"]
     best = table.loc[table["best_val_dice"].idxmax(), "lam"]
     assert table.loc[table["selected"], "lam"].item() == best
     assert f"selected λ = {best:g}" in result.stdout
