@@ -4,7 +4,8 @@ A multi-seed run keeps one results root per seed, ``<runs>/seed_<s>/`` (each the
 ``runs.py``). This module reads them:
 
 * ``seed_table`` — mean test Dice per dataset × metric × seed, with the spread over the test
-  pairs; ``seed_spread`` — per dataset × metric the mean over seeds, the sd across seeds and
+  pairs and the final validation Dice of that seed's feature extractor (DeepSim stands on
+  it); ``seed_spread`` — per dataset × metric the mean over seeds, the sd across seeds and
   the mean sd across pairs, side by side (which varies more: seeds or pairs?);
 * ``claims_by_seed`` — claims 1 and 2 (``claims.best_mean_dice``, ``claims.significance``) on
   every seed; ``seed_verdicts`` — their verdict per dataset, a column per seed;
@@ -22,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from .claims import REFERENCE, best_mean_dice, claim_summary, significance
-from .runs import load_results
+from .runs import load_log, load_results, segmentation_folder
 
 SEED_FOLDER = re.compile(r"seed_(\d+)")
 
@@ -39,13 +40,26 @@ def seed_roots(runs: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def extractor_val_dice(root: Path, dataset: str) -> float:
+    """The last validation Dice in the log of ``root``'s extractor of ``dataset`` (the net that
+    DeepSim then uses); NaN when that seed has no extractor log."""
+    folder = segmentation_folder(root, dataset)
+    if not (folder / "log.csv").is_file():
+        return float("nan")
+    return float(load_log(folder)["val_dice"].iloc[-1])
+
+
 def seed_table(roots: dict[int, Path]) -> pd.DataFrame:
-    """One row per seed × dataset × metric: mean and sd over the test pairs, and their count."""
+    """One row per seed × dataset × metric: mean and sd over the test pairs, their count, and
+    ``extractor_val_dice`` (``extractor_val_dice`` of that seed and dataset)."""
     tables = []
     for seed, root in roots.items():
         results = load_results(root)
         stats = results.groupby(["dataset", "metric"])["dice"].agg(["mean", "std", "count"])
-        tables.append(stats.reset_index().assign(seed=seed))
+        stats = stats.reset_index().assign(seed=seed)
+        stats["extractor_val_dice"] = stats["dataset"].map(
+            {d: extractor_val_dice(root, d) for d in stats["dataset"].unique()})
+        tables.append(stats)
     table = pd.concat(tables, ignore_index=True)
     return table.rename(columns={"mean": "dice", "std": "sd_pairs", "count": "pairs"})
 

@@ -15,6 +15,12 @@
 # Order: seed 0 of all three datasets (a complete single-seed reference first), the PhC-U373 λ
 # sweeps of DeepSim and NCC-sup (is λ tuned for both?), then seeds 1 and 2 of the 2D datasets,
 # then seeds 1 and 2 of Brain-MRI if there is time. Each seed has its own results root.
+#
+# Where the committed run stopped (reference_results/default_in_progress, 2026-12-03): every
+# seed of the 2D datasets and Brain-MRI seeds 0 and 1 are finished; Brain-MRI seed 2 was not
+# started. Seed 1's brain extractor diverged at the default preset's learning rate 1e-3 with
+# batch 1 (final validation Dice 0.33 against 0.75 for seed 0); another brain seed at that
+# setting would measure that instability again rather than the metrics.
 set -euo pipefail
 RUNS=${RUNS:?set RUNS to the results folder}
 DATA=${DATA:?set DATA to the data folder}

@@ -28,12 +28,18 @@ def test_seed_tables(tmp_path):
         root = tmp_path / f"seed_{seed}"
         results(root, "platelet-em", "deepsim", [0.8 + shift, 0.9 + shift, 0.85 + shift])
         results(root, "platelet-em", "mse", [0.7, 0.8, 0.75])
+    write_csv(tmp_path / "seed_1" / "platelet-em" / "segmentation" / "log.csv",
+              [{"step": 10, "val_dice": 0.6}, {"step": 20, "val_dice": 0.4}])
     (tmp_path / "notes").mkdir()
     roots = seed_roots(tmp_path)
     assert list(roots) == [0, 1]
     table = seed_table(roots).set_index(["seed", "metric"])
     assert table.loc[(1, "deepsim"), "dice"] == pytest.approx(0.87)
     assert table.loc[(0, "mse"), "sd_pairs"] == pytest.approx(0.05)  # sd of 0.7, 0.8, 0.75
+    # the last epoch's, not the best: the net DeepSim uses is the last one
+    assert table.loc[(1, "deepsim"), "extractor_val_dice"] == pytest.approx(0.4)
+    assert table.loc[(1, "mse"), "extractor_val_dice"] == pytest.approx(0.4)
+    assert np.isnan(table.loc[(0, "deepsim"), "extractor_val_dice"])  # seed 0 has no log
     spread = seed_spread(seed_table(roots)).set_index("metric")
     assert spread.loc["deepsim", "sd_seeds"] == pytest.approx(np.std([0.85, 0.87], ddof=1))
     assert spread.loc["mse", "sd_seeds"] == pytest.approx(0.0)
