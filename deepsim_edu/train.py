@@ -92,9 +92,10 @@ def _open_run(
 
 
 def _check_resumable(checkpoint: dict, config: dict, out: Path) -> None:
-    if checkpoint.get("config") != config:
-        old, new = checkpoint.get("config", {}), config
-        differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    # a field added since the checkpoint was written, with its default None, is no change
+    old, new = checkpoint.get("config", {}), config
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
         raise ValueError(
             f"{checkpoint_path(out)} was made with another config (differs in: "
             f"{', '.join(differ)}); use another output folder or resume=False"
@@ -460,7 +461,7 @@ def train_registration(
         write_json(out / CONFIG, run_config)
     forward = processes.wrap(net)  # DistributedDataParallel under torchrun
 
-    val_pairs = PairDataset(store, "val")
+    val_pairs = PairDataset(store, "val", limit=config.max_val_pairs)
     if start_epoch == 0:  # step 0: the untrained net, where every learning curve starts
         pair_log = _pair_rows(0, 0, validate_registration(
             net, similarity, val_pairs, config.lam, device)[1])  # fmt: skip

@@ -68,7 +68,8 @@ SEGMENTATION_PAPER = {
 REG_COMMON = dict(dropout=0.5, lr=1e-4, steps_per_epoch=None, lr_factor=0.1,
                   early_stopping=None, crop=None, ncc_window=9, deepsim_levels=(0, 1, 2),
                   ncc_border="zero-padding", vgg_input="paper_unnormalised_01", amp=False,
-                  seed=0)  # fmt: skip
+                  seed=0, max_val_pairs=None)  # fmt: skip
+# (max_val_pairs None: every validation pair, as a Lightning Trainer without limit_val_batches)
 REGISTRATION_PAPER = {
     "platelet-em": dict(REG_COMMON, encoder_channels=(64, 128, 256), batch_size=3,
                         accumulation=2, epochs=3000, lr_patience=200,
@@ -202,14 +203,15 @@ def test_an_unexplained_departure_is_an_error(monkeypatch):
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_ci_is_quick_with_shorter_registration_runs(dataset):
     """ci (the test suite's book build) shortens the registration runs (3 → 2 epochs in 2D,
-    2 → 2 for the brains) and validates the extractors less often: the book's Platelet-EM
-    extractor with quick's steps, PhC-U373's with a third of them (300 → 90), the brain's
-    with the same 40 (two epochs, the minimum)."""
+    2 → 2 for the brains) and validates them on 3 pairs; it validates the extractors less
+    often: the book's Platelet-EM extractor with quick's steps, PhC-U373's with a third of
+    them (300 → 90), the brain's with the same 40 (two epochs, the minimum)."""
     ci = registration_config(dataset, "ncc", "ci")
     quick = registration_config(dataset, "ncc", "quick")
     assert ci.epochs == {3: 2, 2: 2}[quick.epochs]
-    assert {**ci.to_dict(), "epochs": 0, "preset": ""} == {
-        **quick.to_dict(), "epochs": 0, "preset": ""}
+    assert ci.max_val_pairs == 3 and quick.max_val_pairs is None  # ci validates on 3 pairs
+    differ = {"epochs": 0, "preset": "", "max_val_pairs": 0}
+    assert {**ci.to_dict(), **differ} == {**quick.to_dict(), **differ}
     seg_ci, seg_quick = segmentation_config(dataset, "ci"), segmentation_config(dataset, "quick")
     steps = {"platelet-em": 300, "phc-u373": 90, "brain-mri": 40}[dataset]
     assert seg_quick.steps_per_epoch * seg_quick.epochs == {"phc-u373": 300}.get(dataset, steps)

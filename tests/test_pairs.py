@@ -9,6 +9,7 @@ from deepsim_edu.data.pairs import (
     CaseStore,
     PairDataset,
     evaluation_pairs,
+    spread_subset,
     training_pairs,
 )
 
@@ -59,6 +60,18 @@ def test_neighbour_pairs():
         evaluation_pairs(info, "dev")
 
 
+def test_spread_subset_takes_evenly_spaced_pairs():
+    pairs = list(range(24))  # PhC-U373's 24 validation pairs
+    assert spread_subset(pairs, 3) == [0, 12, 23]  # round(i · 23 / 2)
+    assert spread_subset(list(range(5)), 3) == [0, 2, 4]  # the brain's 5
+    assert spread_subset(list(range(11)), 4) == [0, 3, 7, 10]  # round(10/3)=3, round(20/3)=7
+    assert spread_subset(pairs, 1) == [0]
+    assert spread_subset(pairs, None) == pairs and spread_subset(pairs, 30) == pairs
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="limit must be a whole number"):
+            spread_subset(pairs, bad)
+
+
 def test_pair_dataset_reads_tensors(tmp_path):
     info = series_info(3)
     rng = np.random.default_rng(0)
@@ -72,6 +85,9 @@ def test_pair_dataset_reads_tensors(tmp_path):
     assert (
         item["moving"].shape == (1, 8, 8) and item["fixed_labels"].dtype.is_floating_point is False
     )
+    assert PairDataset(pairs.store, "test", limit=1).pairs == [("test_00", "test_01")]
+    with pytest.raises(ValueError, match="not to training pairs"):
+        PairDataset(pairs.store, "train", training=True, limit=2)
     training = PairDataset(pairs.store, "train", training=True)
     training.set_epoch(4)
     assert training.pairs == training_pairs(info, "train", 4)

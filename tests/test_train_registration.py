@@ -107,6 +107,28 @@ def test_per_pair_validation_log(moving_squares, tmp_path):
     (tmp_path / "val_pairs.csv").unlink()  # a finished run mends it from its checkpoint
     train_registration(moving_squares, tmp_path, config, progress=False)
     assert load_val_pairs(tmp_path).equals(pairs)
+    # max_val_pairs=2 of the 4: the first and the last, at every validation
+    few = tmp_path / "few"
+    train_registration(moving_squares, few, tiny("mse", epochs=2, max_val_pairs=2),
+                       progress=False)  # fmt: skip
+    kept = load_val_pairs(few)
+    assert (kept.groupby("step")["moving"].apply(list) == [["val_0", "val_3"]] * 3).all()
+    means = kept[kept["step"] > 0].groupby("step")["dice"].mean()
+    assert means.to_numpy() == pytest.approx(load_log(few)["val_dice"].to_numpy(), abs=1e-9)
+
+
+def test_a_checkpoint_from_before_a_new_config_field_resumes(moving_squares, tmp_path):
+    """A field added later with default None (max_val_pairs) is no change of config: the run
+    trained before it existed is finished, not refused."""
+    config = tiny("mse", epochs=1)
+    log = train_registration(moving_squares, tmp_path, config, progress=False)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    del checkpoint["config"]["max_val_pairs"]
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    assert train_registration(moving_squares, tmp_path, config, progress=False) == log
+    with pytest.raises(ValueError, match=r"differs in: max_val_pairs\)"):
+        train_registration(moving_squares, tmp_path, tiny("mse", epochs=1, max_val_pairs=1),
+                           progress=False)  # fmt: skip
 
 
 def test_early_stopping_and_plateau(moving_squares, tmp_path, monkeypatch):
@@ -126,6 +148,9 @@ def test_bad_input(moving_squares, tmp_path):
     for lam in (-1.0, math.nan):
         with pytest.raises(ValueError, match="λ must be a number >= 0"):
             tiny(lam=lam)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_val_pairs must be a whole number >= 1"):
+            tiny(max_val_pairs=bad)
     with pytest.raises(ValueError, match="unknown metric 'ssim'"):
         registration_config("phc-u373", "ssim")
     with pytest.raises(ValueError, match="unknown preset"):

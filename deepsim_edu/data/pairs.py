@@ -42,6 +42,19 @@ def evaluation_pairs(info: DatasetInfo, split: str) -> list[tuple[str, str]]:
     return list(zip(cases[:-1], cases[1:], strict=False))
 
 
+def spread_subset(pairs: list, limit: int | None) -> list:
+    """At most ``limit`` of ``pairs``, evenly spaced from the first to the last (indices
+    ``round(i (n − 1) / (limit − 1))``); all of them when ``limit`` is None or ≥ n."""
+    if limit is None or limit >= len(pairs):
+        return list(pairs)
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a whole number >= 1 or None, got {limit!r}")
+    if limit == 1:
+        return [pairs[0]]
+    n = len(pairs)
+    return [pairs[round(i * (n - 1) / (limit - 1))] for i in range(limit)]
+
+
 def training_pairs(
     info: DatasetInfo, split: str, epoch: int, seed: int = 0
 ) -> list[tuple[str, str]]:
@@ -109,21 +122,26 @@ class PairDataset(Dataset):
 
     Items are dicts: ``moving``, ``fixed`` ``(1, *spatial)`` float32; ``moving_labels``,
     ``fixed_labels`` ``(1, *spatial)`` int64; ``moving_id``, ``fixed_id`` strings.
-    With ``training=True`` the neighbour pairs are redrawn by ``set_epoch(epoch)``.
+    With ``training=True`` the neighbour pairs are redrawn by ``set_epoch(epoch)``. ``limit``
+    keeps at most that many evaluation pairs, evenly spaced (``spread_subset``; None: all).
     """
 
     def __init__(
-        self, root: str | Path | CaseStore, split: str, training: bool = False, seed: int = 0
-    ):
+        self, root: str | Path | CaseStore, split: str, training: bool = False, seed: int = 0,
+        limit: int | None = None,
+    ):  # fmt: skip
         self.store = root if isinstance(root, CaseStore) else CaseStore(root)
         self.info, self.split, self.training, self.seed = self.store.info, split, training, seed
+        if training and limit is not None:
+            raise ValueError("limit applies to evaluation pairs, not to training pairs")
+        self.limit = limit
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
         self.pairs = (
             training_pairs(self.info, self.split, epoch, self.seed)
             if self.training
-            else evaluation_pairs(self.info, self.split)
+            else spread_subset(evaluation_pairs(self.info, self.split), self.limit)
         )
 
     def __len__(self) -> int:
