@@ -67,7 +67,7 @@ def test_spread_subset_takes_evenly_spaced_pairs():
     assert spread_subset(list(range(11)), 4) == [0, 3, 7, 10]  # round(10/3)=3, round(20/3)=7
     assert spread_subset(pairs, 1) == [0]
     assert spread_subset(pairs, None) == pairs and spread_subset(pairs, 30) == pairs
-    for bad in (0, -1, 2.5):
+    for bad in (0, -1, 2.5, 30.5, True):  # refused also where it exceeds the pairs
         with pytest.raises(ValueError, match="limit must be a whole number"):
             spread_subset(pairs, bad)
 

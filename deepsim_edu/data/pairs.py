@@ -45,10 +45,10 @@ def evaluation_pairs(info: DatasetInfo, split: str) -> list[tuple[str, str]]:
 def spread_subset(pairs: list, limit: int | None) -> list:
     """At most ``limit`` of ``pairs``, evenly spaced from the first to the last (indices
     ``round(i (n − 1) / (limit − 1))``); all of them when ``limit`` is None or ≥ n."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a whole number >= 1 or None, got {limit!r}")
     if limit is None or limit >= len(pairs):
         return list(pairs)
-    if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a whole number >= 1 or None, got {limit!r}")
     if limit == 1:
         return [pairs[0]]
     n = len(pairs)
