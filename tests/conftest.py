@@ -20,7 +20,8 @@ def pytest_collection_modifyitems(config, items):
     """The longest files first, the whole-book build (``test_book_full.py``) at the head.
     pytest-xdist's ``--dist loadfile --no-loadscope-reorder`` hands out files in collection
     order (without ``--no-loadscope-reorder`` it sorts them by their number of tests, and the
-    book, of few tests, started minutes late): the book starts at once in one worker while the other takes the next long files, and the short files fill both
-    workers at the end (longest first: neither ends long after the other)."""
+    book, of few tests, started minutes late): the book starts at once in one worker while the
+    other takes the next long files, and the short files fill both workers at the end (longest
+    first: neither ends long after the other)."""
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep
