@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import functools
 import os
-import queue
 import re
 import shutil
 import subprocess
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from html import unescape
 from html.parser import HTMLParser
@@ -438,35 +436,16 @@ def _render(chromium: str, url: str, screenshot: Path, profile: Path) -> str:
     return done.stdout
 
 
-def _render_pages(chromium: str, url: str, book: Book, profiles: list[Path]) -> list[str]:
-    """The DOM of every page of ``book`` (and its screenshot), as many Chromiums side by side
-    as there are ``profiles`` (a user-data folder serves one Chromium at a time)."""
-    free: queue.Queue[Path] = queue.Queue()
-    for profile in profiles:
-        free.put(profile)
-
-    def render(entry: str) -> str:
-        profile = free.get()
-        try:
-            return _render(chromium, f"{url}/{entry}.html",
-                           SCREENSHOTS / book.name / f"{entry.replace('/', '_')}.png", profile)
-        finally:
-            free.put(profile)
-
-    with ThreadPoolExecutor(len(profiles)) as pool:
-        return list(pool.map(render, book.entries))
-
-
 def test_pages_render_in_chromium(book: Book, tmp_path) -> None:
     chromium = _chromium()
     server = _Server(book.html)
     try:
         widget_pages = 0
-        # two at a time: the full book's pages took 27 s one after the other
-        doms = _render_pages(chromium, server.url, book, [tmp_path / "profile0",
-                                                           tmp_path / "profile1"])
-        for entry, page, dom in zip(book.entries, _pages(book), doms, strict=True):
+        for entry, page in zip(book.entries, _pages(book)):
             source = page.read_text()
+            dom = _render(chromium, f"{server.url}/{entry}.html",
+                          SCREENSHOTS / book.name / f"{entry.replace('/', '_')}.png",
+                          tmp_path / "profile")  # fmt: skip
             views = source.count('type="application/vnd.jupyter.widget-view+json"')
             if views:
                 widget_pages += 1
