@@ -12,6 +12,8 @@ checkpoint, so ``run_experiment`` can simply be started again after an interrupt
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -41,7 +43,6 @@ from .runs import (
     sweep_run_folder,
     write_csv,
 )
-from .side_by_side import side_by_side, worker_pool
 from .train import train_registration, train_segmentation
 
 
@@ -95,6 +96,26 @@ def run_one(
     return run
 
 
+def _one_thread() -> None:
+    """Worker set-up: one thread per process, so ``jobs`` processes share the cores fairly."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _side_by_side(calls: list[tuple], jobs: int) -> list:
+    """``[f(*args) for f, *args in calls]``, in ``jobs`` worker processes when ``jobs > 1``.
+
+    Results come back in the order of ``calls``; the first failure is raised.
+    """
+    if jobs <= 1 or len(calls) <= 1:
+        return [f(*args) for f, *args in calls]
+    context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not mix
+    with ProcessPoolExecutor(min(jobs, len(calls)), context, initializer=_one_thread) as pool:
+        futures = [pool.submit(f, *args) for f, *args in calls]
+        return [future.result() for future in futures]
+
+
 def _grid_side_by_side(extractors: dict, runs: dict, grid: list, jobs: int) -> list:
     """The grid in ``jobs`` worker processes; the run folders in the order of ``grid``.
 
@@ -102,7 +123,8 @@ def _grid_side_by_side(extractors: dict, runs: dict, grid: list, jobs: int) -> l
     is queued once its dataset's extractor has finished (it reads that checkpoint), so no
     worker waits for an extractor while other runs could train. The first failure is raised.
     """
-    with worker_pool(jobs) as pool:
+    context = multiprocessing.get_context("spawn")  # no fork: torch and threads do not mix
+    with ProcessPoolExecutor(jobs, context, initializer=_one_thread) as pool:
         trained = {d: pool.submit(*call) for d, call in extractors.items()}
         futures = {key: pool.submit(*call) for key, call in runs.items() if key[1] != "deepsim"}
         for dataset, extractor in trained.items():
@@ -142,8 +164,8 @@ def run_experiment(
     runs = {(d, m): (run_one, d, m, preset, data, out, device, None, None, vgg, seed)
             for d, m in grid}  # fmt: skip
     if jobs <= 1:
-        side_by_side(list(extractors.values()), 1)
-        folders = side_by_side([runs[key] for key in grid], 1)
+        _side_by_side(list(extractors.values()), 1)
+        folders = _side_by_side([runs[key] for key in grid], 1)
     else:
         folders = _grid_side_by_side(extractors, runs, grid, jobs)
     for (dataset, metric), run in zip(grid, folders):

@@ -68,7 +68,6 @@ from .runs import (
     segmentation_folder,
     write_json,
 )
-from .side_by_side import side_by_side
 from .unet import UNet, registration_unet, segmentation_unet
 
 FORMAT = 1
@@ -595,7 +594,7 @@ def _release_test_data(
 
 def released_results_root(
     out: str | Path, release: str | Path = DEFAULT_RELEASE, data: str | Path | None = None,
-    device: str = "cpu", jobs: int = 1,
+    device: str = "cpu",
 ) -> Path:  # fmt: skip
     """A release laid out as a results root, its registration nets tested afresh; ``out``.
 
@@ -605,16 +604,12 @@ def released_results_root(
     test split of ``data`` (None: the embedded datasets) into ``test_results.csv``
     (``evaluate.evaluate_run``). The library's tables and figures then read the release as they
     read a trained run. A release has no training logs: convergence curves are not available.
-    ValueError when a dataset's test split is not the release's. ``jobs``: nets tested side by
-    side in that many worker processes (``side_by_side``; the results do not depend on it).
+    ValueError when a dataset's test split is not the release's.
     """
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
-        raise ValueError(f"jobs must be a whole number >= 1, got {jobs!r}")
     folder, out = release_folder(release), Path(out)
     manifest = read_manifest(folder)
     datasets = dict.fromkeys(entry["dataset"] for entry in manifest["models"].values())
     stores = {d: _release_test_data(manifest, d, data, release) for d in datasets}
-    tests = []
     for key, entry in manifest["models"].items():
         dataset, name = key.split("/")
         config = json.loads(verified_bytes(folder, entry, "config"))
@@ -625,8 +620,7 @@ def released_results_root(
         write_json(run / CONFIG, config)
         save_checkpoint(checkpoint_path(run), {"config": config, "model": state, "finished": True})
         if name != SEGMENTATION:
-            tests.append((evaluate_run, run, stores[dataset].root, "test", device))
-    side_by_side(tests, jobs)
+            evaluate_run(run, stores[dataset].root, "test", device)
     return out
 
 

@@ -1,5 +1,5 @@
-"""side_by_side.side_by_side and experiment._grid_side_by_side: runs in worker processes come
-back in order; a DeepSim run waits for its extractor, the other runs do not; failures surface."""
+"""experiment._side_by_side and _grid_side_by_side: runs in worker processes come back in
+order; a DeepSim run waits for its extractor, the other runs do not; failures surface."""
 
 import operator
 import time
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deepsim_edu.experiment import _grid_side_by_side, run_experiment
-from deepsim_edu.side_by_side import side_by_side
+from deepsim_edu.experiment import _grid_side_by_side, _side_by_side, run_experiment
 
 
 def _slow_extractor(folder: str) -> str:
@@ -24,12 +23,12 @@ def _run(folder: str, name: str) -> tuple[str, bool]:
 
 def test_side_by_side_keeps_the_order_of_the_calls():
     calls = [(operator.truediv, 1, 2), (operator.truediv, 3, 4), (pow, 2, 10)]
-    assert side_by_side(calls, jobs=2) == [0.5, 0.75, 1024] == side_by_side(calls, jobs=1)
+    assert _side_by_side(calls, jobs=2) == [0.5, 0.75, 1024] == _side_by_side(calls, jobs=1)
 
 
 def test_side_by_side_raises_the_failure_of_a_worker():
     with pytest.raises(ZeroDivisionError):
-        side_by_side([(operator.truediv, 1, 1), (operator.truediv, 1, 0)], jobs=2)
+        _side_by_side([(operator.truediv, 1, 1), (operator.truediv, 1, 0)], jobs=2)
 
 
 @pytest.mark.parametrize("jobs", [0, -1, 1.5])
