@@ -42,8 +42,9 @@ PRESETS = ("ci", "quick", "default", "paper")
 CI_STEPS_FRACTION = 1 / 3
 # the ci registration runs validate on this many pairs, evenly spaced, by the dataset's ndim:
 # full-size validation (the loss on whole images, VGG16 on every brain slice) cost more than their
-# 20 training steps. A brain pair (80×96×80, 37× the voxels of a 2D pair) alone still did: the
-# brain VGG run validated for 60 s (3 × 3 pairs) and trained for 46 s, so in 3D it is one pair
+# 20 training steps. One brain pair (80×96×80: 9× the voxels of a 256×256 Platelet-EM pair) still
+# did: the brain VGG run validated for 60 s (3 validations × 3 pairs) and trained for 46 s, so in
+# 3D it is one pair
 CI_VAL_PAIRS = {2: 3, 3: 1}
 CI_BOOK_EXTRACTOR = "platelet-em"  # ci trains this dataset's extractor as quick does
 DATASETS = DATASET_NAMES
